@@ -1,0 +1,159 @@
+"""The ``fer-ablate`` command line: parses arguments and dispatches to plain functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
+    """Treat SIGTERM like Ctrl-C so runs end KILLED instead of staying RUNNING."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _optional_int(minimum: int):
+    """An int option where '' or a value below ``minimum`` means unset (MLproject's typed defaults)."""
+
+    def parse(text: str) -> int | None:
+        if text.strip() == "":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value != int(value):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        return int(value) if value >= minimum else None
+
+    return parse
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Shortcut flags first, then ``--set`` (later wins); the config module validates every key."""
+    from .config import parse_set_args
+
+    shortcuts = {"data.source": args.data, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+                 "train.seed": args.seed}
+    overrides = {k: v for k, v in shortcuts.items() if v not in (None, "")}
+    overrides.update(parse_set_args(args.set))
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one variant as a tracked MLflow run."""
+    from .config import resolve_config
+    from .train_run import train_and_track
+
+    cfg = resolve_config(args.variant, _overrides(args), variants_file=args.variant_file)
+    run_id, metrics = train_and_track(cfg, experiment=args.experiment_name, run_name=args.run_name,
+                                      tracking_uri=args.tracking_uri)
+    print(json.dumps({"run_id": run_id, **{k: v for k, v in metrics.items() if "recall" not in k}}, indent=2))
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    """List each variant and what it changes from the paper's model."""
+    from .config import load_variants
+
+    for name, body in load_variants(args.variant_file).items():
+        changes = ", ".join(f"{k}={v}" for k, v in body["overrides"].items()) or "(the defaults)"
+        print(f"{name:<14} {changes}\n{'':<14} {body['description']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a saved model on every split of a data source."""
+    from .evaluate import evaluate_model, format_report
+
+    report = evaluate_model(args.model, args.data, skip_bad_rows=args.skip_bad_rows)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List registered model builders."""
+    from .models import list_models
+
+    print("\n".join(list_models(args.pattern)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="fer-ablate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one variant as a tracked MLflow run")
+    train.add_argument("--variant", default="paper", help="variant name (see `fer-ablate variants`)")
+    train.add_argument("--variant-file", default=None, help="YAML file of variants (default: the built-in)")
+    train.add_argument("--data", default=None, help="auto | synthetic | FER2013 CSV(.gz) | image-folder root")
+    train.add_argument("--epochs", type=_optional_int(minimum=1), default=None,
+                       help="default: the variant's own (0 also means that)")
+    train.add_argument("--batch-size", type=_optional_int(minimum=1), default=None)
+    train.add_argument("--seed", type=_optional_int(minimum=0), default=None,
+                       help="default: the variant's own (a negative value also means that)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any setting, e.g. --set model.kernel_size=5 (repeatable)")
+    train.add_argument("--experiment-name", default="fer-ablate")
+    train.add_argument("--run-name", default=None)
+    train.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    train.set_defaults(func=cmd_train)
+
+    variants = sub.add_parser("variants", help="list variants and what each changes")
+    variants.add_argument("--variant-file", default=None)
+    variants.set_defaults(func=cmd_variants)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a model on every split of a data file")
+    evaluate.add_argument("--model", required=True, help="MLflow model URI (runs:/ID/model) or a .keras file")
+    evaluate.add_argument("--data", default="auto")
+    evaluate.add_argument("--skip-bad-rows", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser("models", help="list registered model builders")
+    models.add_argument("pattern", nargs="?", default="*")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fer-ablate`` console script."""
+    from .config import ConfigError
+    from .data import DataError
+
+    _configure_logging()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as exc:
+        print(f"fer-ablate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fer-ablate: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # TrackingError and friends: a clear line, not a traceback
+        from .tracking import TrackingError
+
+        if isinstance(exc, TrackingError):
+            print(f"fer-ablate: error: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""One training run: ``train(cfg, dataset, callbacks) -> TrainResult``. Knows nothing of MLflow or Optuna.
+
+Callers observe progress through ordinary Keras callbacks (the tracking module supplies one that logs to
+MLflow; the tuning module one that reports to Optuna).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from .data import NUM_CLASSES, Dataset
+from .evaluation import evaluate_probabilities
+from .models import build_from_config
+
+log = logging.getLogger(__name__)
+EPOCH_METRICS = {  # Keras log name -> the one name used everywhere (MLflow, reports, Optuna)
+    "loss": "train_loss",
+    "accuracy": "train_accuracy",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_accuracy",
+    "learning_rate": "lr",
+}
+
+
+@dataclass
+class TrainResult:
+    """What one run produced: the inference model, per-epoch history and final metrics per split."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    metrics: dict[str, Any]
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    param_count: int = 0
+    best_epoch: int = 0
+    epochs_run: int = 0
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+
+
+def build_augmenter(aug_cfg: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
+    """Keras preprocessing layers for training batches only (they are identity at inference)."""
+    if not aug_cfg["enabled"]:
+        return []
+    layers = []
+    if aug_cfg["horizontal_flip"]:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
+    if aug_cfg["rotation"]:
+        layers.append(keras.layers.RandomRotation(aug_cfg["rotation"], fill_mode="nearest", seed=seed + 1,
+                                                  name="aug_rotation"))
+    if aug_cfg["zoom"]:
+        layers.append(keras.layers.RandomZoom(aug_cfg["zoom"], fill_mode="nearest", seed=seed + 2,
+                                              name="aug_zoom"))
+    if aug_cfg["shift"]:
+        layers.append(keras.layers.RandomTranslation(aug_cfg["shift"], aug_cfg["shift"], fill_mode="nearest",
+                                                     seed=seed + 3, name="aug_shift"))
+    return layers
+
+
+def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
+    """(inference model, training model, parameter count of the CNN).
+
+    The inference model takes grey pixels as float32 ``[-1, 48, 48, 1]`` in 0-255 and rescales them
+    itself, so every consumer (evaluate, predict, serving) feeds raw pixels. The training model adds
+    the augmentation layers in front and shares the same weights.
+    """
+    size = cfg["model"]["input_size"]
+    cnn = build_from_config(cfg["model"])
+    pixels = keras.Input((size, size, 1), name="pixels")
+    scaled = keras.layers.Rescaling(1.0 / 255, name="rescale")(pixels)
+    inference = keras.Model(pixels, cnn(scaled), name=f"fer_{cfg['model']['name']}")
+    x = scaled
+    for layer in build_augmenter(cfg["augment"], cfg["train"]["seed"]):
+        x = layer(x)
+    training = keras.Model(pixels, cnn(x), name="training_graph")
+    return inference, training, cnn.count_params()
+
+
+def _optimizer(train_cfg: dict[str, Any]) -> keras.optimizers.Optimizer:
+    lr = train_cfg["learning_rate"]
+    return {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamw": lambda: keras.optimizers.AdamW(lr),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+    }[train_cfg["optimizer"]]()
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keep the weights of the best ``val_accuracy`` epoch and restore them when training ends."""
+
+    def __init__(self, target: keras.Model):
+        super().__init__()
+        self.target, self.best, self.best_epoch, self.weights = target, -np.inf, 0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get("val_accuracy", -np.inf)
+        if score > self.best:
+            self.best, self.best_epoch, self.weights = score, epoch + 1, self.target.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.weights is not None:
+            self.target.set_weights(self.weights)
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Adds ``learning_rate`` to the epoch logs and logs the estimated total time after epoch 1."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs, self.started, self.first_epoch_seconds = epochs, 0.0, None
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if epoch == 0:
+            self.first_epoch_seconds = time.perf_counter() - self.started
+            total = self.first_epoch_seconds * self.epochs
+            log.info("epoch 1 took %.1f s; estimated total for %d epochs: %s",
+                     self.first_epoch_seconds, self.epochs, _duration(total))
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _class_weights(y: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(y, minlength=NUM_CLASSES).astype(float)
+    weights = len(y) / (NUM_CLASSES * np.maximum(counts, 1))
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _as_input(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32)[..., None]
+
+
+def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None = None
+          ) -> TrainResult:
+    """Train the configured model on ``dataset`` and evaluate the best epoch on every split."""
+    t = cfg["train"]
+    keras.utils.set_random_seed(t["seed"])
+    inference, training, param_count = build_models(cfg)
+    training.compile(
+        optimizer=_optimizer(t),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
+        metrics=["accuracy"],
+    )
+    x_train, y_train = dataset.splits["train"]
+    x_val, y_val = dataset.splits["validation"]
+    best = BestWeights(training)
+    clock = EpochClock(t["epochs"])
+    keras_callbacks: list[keras.callbacks.Callback] = [clock, best]
+    if t["reduce_lr_on_plateau"]:
+        keras_callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=t["plateau_factor"], patience=t["plateau_patience"], min_lr=t["min_lr"]))
+    if t["early_stopping_patience"] > 0:
+        keras_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=t["early_stopping_patience"], mode="max"))
+    keras_callbacks.extend(callbacks or [])
+    start = time.perf_counter()
+    fit = training.fit(
+        _as_input(x_train),
+        keras.utils.to_categorical(y_train, NUM_CLASSES),
+        validation_data=(_as_input(x_val), keras.utils.to_categorical(y_val, NUM_CLASSES)),
+        epochs=t["epochs"],
+        batch_size=t["batch_size"],
+        class_weight=_class_weights(y_train) if t["class_weights"] else None,
+        callbacks=keras_callbacks,
+        verbose=t["verbose"],
+    )
+    seconds = time.perf_counter() - start
+    history = {EPOCH_METRICS[k]: [float(v) for v in vals] for k, vals in fit.history.items()
+               if k in EPOCH_METRICS}
+    epochs_run = len(history.get("train_loss", []))
+    if not t["restore_best"] and best.weights is not None:
+        best.best_epoch = epochs_run  # the last epoch's weights are what gets evaluated
+    result = TrainResult(model=inference, history=history, metrics={}, param_count=param_count,
+                         best_epoch=best.best_epoch, epochs_run=epochs_run, train_seconds=seconds,
+                         images_per_second=len(y_train) * epochs_run / max(seconds, 1e-9))
+    if not t["restore_best"]:
+        log.info("train.restore_best is false: evaluating the last epoch's weights")
+    for split, (x, y) in dataset.splits.items():
+        probs = inference.predict(_as_input(x), batch_size=256, verbose=0)
+        result.predictions[split] = (y, probs)
+        for name, value in evaluate_probabilities(y, probs).items():
+            result.metrics[f"{_prefix(split)}_{name}"] = value
+    return result
+
+
+def _prefix(split: str) -> str:
+    return {"validation": "val"}.get(split, split)
