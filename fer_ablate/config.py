@@ -54,22 +54,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
     """Check ``value`` against the default's type; ints are accepted where floats are expected."""
-    where = f"{origin}: " if origin else ""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
+        ok = isinstance(value, bool)
     elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        ok = is_number and isinstance(value, int)
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        ok, value = is_number, float(value) if is_number else value
     elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-    elif isinstance(default, list):
-        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            return value
+        ok = isinstance(value, str)
+    else:  # lists of numbers (dense units, dropouts)
+        ok = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+    if ok:
+        return value
+    where = f"{origin}: " if origin else ""
     raise ConfigError(
         f"{where}key '{key}' expects {type(default).__name__} (default {default!r}), got {value!r}"
     )

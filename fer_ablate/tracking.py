@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,11 @@ def log_dataset(dataset: Dataset) -> None:
     for split, context in (("train", "training"), ("validation", "validation"), ("test", "testing")):
         if split in dataset.splits:
             x, y = dataset.splits[split]
-            ds = mlflow.data.from_numpy(x[:1].astype(np.float32)[..., None], targets=y[:1],
-                                        source=dataset.location, name=f"{dataset.source}-{split}",
-                                        digest=f"{dataset.digest}-{split}")
+            with warnings.catch_warnings():  # MLflow cannot tell a file path from an artifact path
+                warnings.simplefilter("ignore", UserWarning)
+                ds = mlflow.data.from_numpy(x[:1].astype(np.float32)[..., None], targets=y[:1],
+                                            source=dataset.location, name=f"{dataset.source}-{split}",
+                                            digest=f"{dataset.digest}-{split}")
             mlflow.log_input(ds, context=context)
 
 
@@ -165,8 +168,13 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def log_result(result: Any, cfg: dict[str, Any]) -> None:
-    """Final metrics, cost, confusion matrices, learning curves and the model with its signature."""
-    mlflow.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, float)})
+    """Final metrics, cost, confusion matrices, learning curves and the model with its signature.
+
+    Final ``val_accuracy`` etc. share their names with the per-epoch curves; they are logged at the last
+    epoch's step (after it), so the run's headline value is the restored best epoch's evaluation.
+    """
+    step = max(result.epochs_run, 1)
+    mlflow.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, float)}, step=step)
     mlflow.log_metrics({
         "param_count": result.param_count,
         "best_epoch": result.best_epoch,
@@ -185,12 +193,11 @@ def log_result(result: Any, cfg: dict[str, Any]) -> None:
                                       Path(tmp) / "learning_curves.png")
         mlflow.log_artifact(str(curves), "plots")
     mlflow.log_dict(result.history, "metrics/history.json")
-    example = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
+    # No input_example: mlflow.keras.save_model writes it before creating its folder (MLflow 3.17).
     mlflow.keras.log_model(
         result.model,
         name=MODEL_NAME,
         signature=model_signature(),
-        input_example=example,
         pip_requirements=[f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"],
     )
 

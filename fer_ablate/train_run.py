@@ -24,11 +24,13 @@ def train_and_track(
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
     nested: bool = False,
+    extra_callbacks: list | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Train ``cfg`` as one MLflow run and return ``(run_id, final metrics)``.
 
     The tracking store is checked before any work; a crash or Ctrl-C ends the run FAILED or KILLED
-    with everything logged so far.
+    with everything logged so far. ``extra_callbacks`` (Keras callbacks) let a driver such as the Optuna
+    objective watch the epochs.
     """
     experiment_id = tracking.configure(experiment, tracking_uri)
     with tracking.tracked_run(experiment_id, run_name or default_run_name(cfg), tags, nested) as run:
@@ -36,7 +38,7 @@ def train_and_track(
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
         dataset = load_dataset(cfg["data"])
         tracking.log_dataset(dataset)
-        result = train(cfg, dataset, callbacks=[tracking.EpochLogger(EPOCH_METRICS)])
+        result = train(cfg, dataset, callbacks=[tracking.EpochLogger(EPOCH_METRICS), *(extra_callbacks or [])])
         tracking.log_result(result, cfg)
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
                             if k.endswith(("_accuracy", "_macro_f1")))

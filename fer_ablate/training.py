@@ -7,6 +7,7 @@ MLflow; the tuning module one that reports to Optuna).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,7 +175,8 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
         batch_size=t["batch_size"],
         class_weight=_class_weights(y_train) if t["class_weights"] else None,
         callbacks=keras_callbacks,
-        verbose=t["verbose"],
+        # A live bar in a log file is thousands of carriage returns: one line per epoch there.
+        verbose=t["verbose"] if t["verbose"] != 1 or sys.stdout.isatty() else 2,
     )
     seconds = time.perf_counter() - start
     history = {EPOCH_METRICS[k]: [float(v) for v in vals] for k, vals in fit.history.items()

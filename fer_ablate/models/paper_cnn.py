@@ -28,6 +28,7 @@ def paper_cnn(
     dense_dropout: Sequence[float] = (0.4, 0.4, 0.5),
     l2_first_conv: float = 0.01,
     batch_norm: bool = True,
+    bn_momentum: float = 0.99,
     input_size: int = 48,
     num_classes: int = 7,
     name: str = "paper_cnn",
@@ -48,7 +49,7 @@ def paper_cnn(
                 name=f"conv{block + 1}_{conv + 1}",
             )(x)
             if batch_norm and not first:
-                x = layers.BatchNormalization(name=f"bn{block + 1}_{conv + 1}")(x)
+                x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{block + 1}_{conv + 1}")(x)
         x = layers.MaxPooling2D(2, strides=2, name=f"pool{block + 1}")(x)
         if conv_dropout:
             x = layers.Dropout(conv_dropout, name=f"drop{block + 1}")(x)

@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated MLflow store and cache per test session, small generated data files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+REAL_FER2013 = PROJECT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
+# Shrinks the real config (lightning-hydra style): tiny widths, a sliver of synthetic data, 1 epoch.
+TINY = {"model.base_filters": 4, "model.dense_units": [16, 8, 8], "data.synthetic_samples": 300,
+        "train.epochs": 1, "train.verbose": 0}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_stores(tmp_path_factory):
+    """Every test writes MLflow runs and caches under a temporary folder, never into the project."""
+    root = tmp_path_factory.mktemp("stores")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["FER_ABLATE_CACHE"] = str(root / "cache")
+    os.environ.pop("FER_DATA", None)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    yield root
+
+
+def fer_row(label: int, usage: str, rng: np.random.Generator) -> str:
+    """One FER2013 CSV row with random pixels."""
+    pixels = " ".join(map(str, rng.integers(0, 256, 48 * 48)))
+    return f"{label},{pixels},{usage}"
+
+
+@pytest.fixture
+def fer_csv(tmp_path) -> Path:
+    """A small FER2013 CSV with all three Usage values and every class in each."""
+    rng = np.random.default_rng(0)
+    rows = ["emotion,pixels,Usage"]
+    for usage, per_class in (("Training", 6), ("PublicTest", 2), ("PrivateTest", 2)):
+        rows += [fer_row(label, usage, rng) for label in range(7) for _ in range(per_class)]
+    path = tmp_path / "fer2013.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def fer_csv_gz(fer_csv) -> Path:
+    path = fer_csv.with_suffix(".csv.gz")
+    path.write_bytes(gzip.compress(fer_csv.read_bytes()))
+    return path
+
+
+def tiny_overrides(**extra) -> dict:
+    """The TINY overrides plus any extra dotted keys."""
+    return {**TINY, **extra}

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from fer_ablate.config import load_variants, resolve_config
+from fer_ablate.models import build_from_config, create_model, list_models
+
+
+def test_paper_model_layers_and_parameter_count():
+    model = create_model("paper_cnn")
+    assert model.count_params() == 5_905_863
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 8
+    assert kinds.count("Dense") == 4  # "12 layers" = 8 conv + 4 classification layers
+    assert kinds.count("BatchNormalization") == 7  # after every conv but the first
+    assert kinds.count("MaxPooling2D") == 4
+    first = model.get_layer("conv1_1")
+    assert first.padding == "valid" and first.kernel_regularizer is not None
+    assert model.get_layer("dense1").units == 512 and model.get_layer("emotion").units == 7
+    assert model.output_shape == (None, 7)
+
+
+def test_ten_layers_has_six_convs():
+    model = build_from_config(resolve_config("layers10")["model"])
+    assert [type(x).__name__ for x in model.layers].count("Conv2D") == 6
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(KeyError, match="unknown model 'resnet'.*paper_cnn"):
+        create_model("resnet")
+    assert list_models("paper*") == ["paper_cnn"]
+
+
+@pytest.mark.parametrize("variant", sorted(load_variants()))
+def test_every_variant_builds_and_predicts(variant):
+    model = build_from_config(resolve_config(variant)["model"])
+    out = np.asarray(model(np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32), training=False))
+    assert out.shape == (2, 7)
+    assert not np.isnan(out).any()
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-4)
