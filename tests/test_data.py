@@ -210,3 +210,24 @@ def test_real_fer2013_documented_class_counts():
                                         "sad": 4830, "surprise": 3171, "neutral": 4965}
     assert ds.class_counts("validation") == {"angry": 467, "disgust": 56, "fear": 496, "happy": 895,
                                              "sad": 653, "surprise": 415, "neutral": 607}
+
+
+def test_numpy_fallback_matches_c_fast_path(fer_csv, tmp_path, monkeypatch):
+    """Where the C extension could not be built, the numpy path gives the same arrays and errors."""
+    from fer_ablate.data import fer_csv as parser
+
+    with_c = parser.parse_fer_csv(fer_csv)
+    monkeypatch.setattr(parser, "_fastcsv", None)
+    without_c = parser.parse_fer_csv(fer_csv)
+    for a, b in zip(with_c[:3], without_c[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    line, message = BAD_ROWS["pixel over 255"]
+    with pytest.raises(DataError, match=f"line 3: .*{message}"):
+        parser.parse_fer_csv(_bad_csv(tmp_path, line))
+
+
+def test_c_fast_path_is_built():
+    """The install compiles the optional C parser (gcc is on every machine of ours); say so if not."""
+    from fer_ablate.data import fer_csv as parser
+
+    assert parser._fastcsv is not None, "fer_ablate/data/_fastcsv.c was not compiled: pip install -e . again"
