@@ -13,7 +13,8 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
+    """INFO lines with time for our modules; libraries' chatter at WARNING."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "PIL"):
@@ -84,6 +85,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Run (or resume) every run of an experiment file under one parent run."""
+    from .ablation import describe, run_experiment
+    from .config import parse_set_args
+    from .experiment_spec import expand, load_experiment
+
+    extra = parse_set_args(args.set)
+    if args.dry_run:
+        exp = load_experiment(args.experiment)
+        print(f"{exp.name}: {exp.design}, base {exp.base}, seeds {exp.seeds}")
+        print(describe(expand(exp, extra)))
+        return 0
+    outcome = run_experiment(args.experiment, extra, workers=args.workers or 1, storage=args.storage,
+                             tracking_uri=args.tracking_uri)
+    print(json.dumps(outcome.__dict__, indent=2))
+    if not args.no_report and args.storage is None:
+        from .reporting import write_report
+
+        folder = write_report(args.experiment, tracking_uri=args.tracking_uri)
+        print(f"report: {folder / 'report.html'}")
+    return 0 if outcome.failed == 0 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Markdown + HTML + PNG report of an experiment's tracked runs, also logged to its parent run."""
+    from .reporting import write_report
+
+    folder = write_report(args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri)
+    print(f"report: {folder / 'report.md'}\n        {folder / 'report.html'}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered model builders."""
     from .models import list_models
@@ -124,6 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    ablate = sub.add_parser("ablate", help="run every run of an experiment (resumable grid)")
+    ablate.add_argument("--experiment", required=True, help="name in experiments/ or a YAML path")
+    ablate.add_argument("--dry-run", action="store_true", help="print the expanded run list and exit")
+    ablate.add_argument("--workers", type=_optional_int(minimum=1), default=1,
+                        help="runs in parallel, each in its own process")
+    ablate.add_argument("--storage", default=None,
+                        help="Optuna RDB URL (postgresql://...) shared by several machines running this grid")
+    ablate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting in every run (e.g. train.epochs=20)")
+    ablate.add_argument("--tracking-uri", default=None)
+    ablate.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    ablate.set_defaults(func=cmd_ablate)
+
+    report = sub.add_parser("report", help="report an experiment against the 66% and 71.2% baselines")
+    report.add_argument("--experiment", required=True)
+    report.add_argument("--out", default=None, help="folder (default: reports/<experiment>/)")
+    report.add_argument("--tracking-uri", default=None)
+    report.set_defaults(func=cmd_report)
+
     models = sub.add_parser("models", help="list registered model builders")
     models.add_argument("pattern", nargs="?", default="*")
     models.set_defaults(func=cmd_models)
@@ -135,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
 
-    _configure_logging()
+    configure_logging()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     args = build_parser().parse_args(argv)
     try:

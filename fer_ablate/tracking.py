@@ -30,6 +30,7 @@ from .evaluation import confusion
 from .paths import default_artifact_root, default_tracking_uri, project_root
 from .plots import plot_confusion, plot_learning_curves
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "fer-ablate"
 MODEL_NAME = "model"  # artifact name of the logged Keras model: runs:/<id>/model
@@ -64,14 +65,20 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking store {uri}: folder {folder} does not exist")
 
 
+def use_store(tracking_uri: str | None = None) -> str:
+    """Point MLflow at the store (checked first) without choosing an experiment; return the URI."""
+    uri = tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def configure(experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None) -> str:
     """Point MLflow at the store (default: the project's SQLite file) and return the experiment id.
 
     Inside ``mlflow run`` the experiment and tracking URI come from the launcher's environment.
     """
-    uri = tracking_uri or default_tracking_uri()
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    uri = use_store(tracking_uri)
     if os.environ.get("MLFLOW_EXPERIMENT_ID") and os.environ.get("MLFLOW_RUN_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     try:
@@ -99,12 +106,19 @@ def git_commit() -> str | None:
 
 @contextlib.contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
-                nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run; end it FAILED or KILLED on an exception.
 
-    Whatever was logged before the exception stays; the error message is kept as the ``error`` tag.
+    A child run (``parent_run_id``) is always created afresh, even inside ``mlflow run`` whose
+    MLFLOW_RUN_ID would otherwise be resumed. Whatever was logged before an exception stays; the error
+    message is kept as the ``error`` tag.
     """
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested, tags=tags)
+    if parent_run_id:
+        created = MlflowClient().create_run(
+            experiment_id, run_name=run_name, tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
+        run = mlflow.start_run(run_id=created.info.run_id)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:
         yield run
     except KeyboardInterrupt:
@@ -117,6 +131,58 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None =
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None) -> str:
+    """The parent run of a grid or study: the launcher's run under ``mlflow run``, else the latest
+    parent of the same ``kind`` and ``name`` (reused, so a re-run resumes), else a new one."""
+    client = MlflowClient()
+    marker = {"fer_ablate_kind": kind, "fer_ablate_name": name}
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        found = client.search_runs(
+            [experiment_id], f"tags.fer_ablate_kind = '{kind}' and tags.fer_ablate_name = '{name}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    for key, value in {**marker, **(tags or {})}.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def child_runs(experiment_id: str, kind: str, name: str) -> list[Any]:
+    """Every child run of every parent of ``kind``/``name`` in the experiment, newest first."""
+    return MlflowClient().search_runs(
+        [experiment_id], f"tags.fer_ablate_kind = '{kind}-child' and tags.fer_ablate_name = '{name}'",
+        order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+def child_tags(kind: str, name: str, extra: dict[str, Any]) -> dict[str, str]:
+    """Tags that mark a run as a child of a grid or study (for resume and reports)."""
+    return {"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name, **{k: str(v) for k, v in extra.items()}}
+
+
+def end_run_by_id(run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+    """Terminate a run that is not active in this process (a parent, or a stale child of a killed grid)."""
+    client = MlflowClient()
+    if error:
+        client.set_tag(run_id, "error", error[:5000])
+    client.set_terminated(run_id, status)
+
+
+def log_parent_summary(run_id: str, metrics: dict[str, float], texts: dict[str, str] | None = None,
+                       files: list[Path] | None = None, artifact_dir: str | None = None) -> None:
+    """Metrics, text artifacts and files on a parent run that is not active in this process."""
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for name, text in (texts or {}).items():
+        client.log_text(run_id, text, name)
+    for path in files or []:
+        client.log_artifact(run_id, str(path), artifact_dir)
 
 
 def log_config(cfg: dict[str, Any]) -> str:

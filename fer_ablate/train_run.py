@@ -23,7 +23,7 @@ def train_and_track(
     run_name: str | None = None,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
-    nested: bool = False,
+    parent_run_id: str | None = None,
     extra_callbacks: list | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Train ``cfg`` as one MLflow run and return ``(run_id, final metrics)``.
@@ -33,7 +33,7 @@ def train_and_track(
     objective watch the epochs.
     """
     experiment_id = tracking.configure(experiment, tracking_uri)
-    with tracking.tracked_run(experiment_id, run_name or default_run_name(cfg), tags, nested) as run:
+    with tracking.tracked_run(experiment_id, run_name or default_run_name(cfg), tags, parent_run_id) as run:
         digest = tracking.log_config(cfg)
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
         dataset = load_dataset(cfg["data"])
