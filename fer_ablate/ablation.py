@@ -35,6 +35,16 @@ class GridOutcome:
     failed: int
 
 
+@dataclass
+class ChildOutcome:
+    """How one child run ended: its MLflow run id, success, a short detail line and its val_accuracy."""
+
+    run_id: str
+    ok: bool
+    detail: str
+    value: float | None = None
+
+
 def child_key(spec: RunSpec) -> str:
     """Identity of a run across invocations and machines: label, seed and config hash."""
     return f"{spec.label}|{spec.seed}|{spec.config_hash}"
@@ -49,7 +59,7 @@ def describe(runs: list[RunSpec]) -> str:
     return "\n".join(lines)
 
 
-def _run_child(spec: RunSpec, experiment: str, parent_run_id: str, name: str) -> tuple[str, bool, str]:
+def _run_child(spec: RunSpec, experiment: str, parent_run_id: str, name: str) -> ChildOutcome:
     """Train one child run (in this process or a worker process); never raises for training errors."""
     import keras
 
@@ -60,12 +70,13 @@ def _run_child(spec: RunSpec, experiment: str, parent_run_id: str, name: str) ->
     try:
         run_id, metrics = train_and_track(spec.config, experiment=experiment, run_name=spec.run_name,
                                           tags=tags, parent_run_id=parent_run_id)
-        return run_id, True, f"val_accuracy {metrics.get('val_accuracy', float('nan')):.4f}"
+        value = metrics.get("val_accuracy")
+        return ChildOutcome(run_id, True, f"val_accuracy {value:.4f}", value)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # the run is recorded FAILED with this message; the grid goes on
         log.exception("run %s failed", spec.run_name)
-        return "", False, f"{type(exc).__name__}: {exc}"
+        return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
     finally:
         keras.utils.clear_session()
 
@@ -120,6 +131,10 @@ def run_experiment(
     """Run (or resume) every pending run of an experiment under one parent run."""
     exp = load_experiment(name_or_path)
     runs = expand(exp, extra)
+    if storage:  # an invalid URL or unreachable database fails here, before any run starts
+        from .work_queue import open_storage
+
+        open_storage(storage)
     experiment_id = tracking.configure(exp.name, tracking_uri)
     parent = tracking.open_parent(experiment_id, KIND, exp.name, {"design": exp.design, "base": exp.base})
     plan = {"name": exp.name, "description": exp.description, "design": exp.design, "base": exp.base,
@@ -136,7 +151,13 @@ def run_experiment(
         if storage:
             from .work_queue import run_shared_grid
 
-            finished, failed = run_shared_grid(storage, exp, todo, lambda s: _run_child(s, exp.name, parent, exp.name))
+            def end_orphans(live: set[str]) -> None:
+                for child in tracking.child_runs(experiment_id, KIND, exp.name):
+                    if child.info.status == "RUNNING" and child.data.tags.get("child_key") not in live:
+                        tracking.end_run_by_id(child.info.run_id, "KILLED", "its worker died; the run was re-queued")
+
+            finished, failed = run_shared_grid(storage, exp, todo, lambda s: _run_child(s, exp.name, parent, exp.name),
+                                               child_key, end_orphans)
         else:
             finished, failed = _run_local(exp, todo, parent, workers)
     except KeyboardInterrupt:
@@ -154,9 +175,9 @@ def _run_local(exp: Experiment, todo: list[RunSpec], parent: str, workers: int) 
     finished = failed = 0
     if workers <= 1:
         for spec in todo:
-            run_id, ok, detail = _run_child(spec, exp.name, parent, exp.name)
-            finished, failed = finished + ok, failed + (not ok)
-            log.info(progress.line(spec, ok, detail))
+            outcome = _run_child(spec, exp.name, parent, exp.name)
+            finished, failed = finished + outcome.ok, failed + (not outcome.ok)
+            log.info(progress.line(spec, outcome.ok, outcome.detail))
         return finished, failed
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     uri = tracking.mlflow.get_tracking_uri()
@@ -165,9 +186,9 @@ def _run_local(exp: Experiment, todo: list[RunSpec], parent: str, workers: int) 
         for future in as_completed(futures):
             spec = futures[future]
             try:
-                run_id, ok, detail = future.result()
+                outcome = future.result()
             except Exception as exc:  # the worker process itself died
-                ok, detail = False, f"worker died: {exc}"
-            finished, failed = finished + ok, failed + (not ok)
-            log.info(progress.line(spec, ok, detail))
+                outcome = ChildOutcome("", False, f"worker died: {exc}")
+            finished, failed = finished + outcome.ok, failed + (not outcome.ok)
+            log.info(progress.line(spec, outcome.ok, outcome.detail))
     return finished, failed

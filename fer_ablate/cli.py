@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RuntimeError as exc:  # TrackingError and friends: a clear line, not a traceback
         from .tracking import TrackingError
+        from .work_queue import StorageError
 
-        if isinstance(exc, TrackingError):
+        if isinstance(exc, (TrackingError, StorageError)):
             print(f"fer-ablate: error: {exc}", file=sys.stderr)
             return 3
         raise
