@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -66,10 +67,10 @@ def test_smoke_grid_parent_children_and_report(tmp_path):
 
 def test_failed_child_is_recorded_and_grid_goes_on(tmp_path):
     # kernel 60 cannot fit a 46x46 map after the first conv: that child crashes, the other runs finish.
-    path = _smoke_copy(tmp_path, "smoke_fail")
-    text = open(path).read().replace("  kernel: [kernel3, kernel5]", "  kernel: {k3: {model.kernel_size: 3}, "
-                                     "k60: {model.kernel_size: 60}}")
-    open(path, "w").write(text)
+    path = Path(_smoke_copy(tmp_path, "smoke_fail"))
+    path.write_text(path.read_text().replace("  kernel: [kernel3, kernel5]",
+                                             "  kernel: {k3: {model.kernel_size: 3}, k60: {model.kernel_size: 60}}"))
+    path = str(path)
     outcome = run_experiment(path)
     assert (outcome.finished, outcome.failed) == (2, 2)
     failed = [c for c in _children("smoke_fail") if c.info.status == "FAILED"]
