@@ -5,7 +5,7 @@ Optuna's queue is the coordination engine: ``enqueue_trial`` puts one WAITING tr
 the same run. Rounds make resume safe: round ``r`` is a study named ``ablation:<name>:r<r>``; the machine
 that manages to create the next round's study (study names are unique, so exactly one does) enqueues
 the runs still pending and marks the round ready; the others join it. Heartbeats mark a trial whose
-worker died as FAIL, and Optuna's RetryFailedTrialCallback puts the run back in the queue.
+worker died as FAIL, and Optuna's RetryHeartbeatStaleTrialCallback puts the run back in the queue.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .experiment_spec import Experiment, RunSpec
@@ -39,8 +40,10 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRAC
     if "://" not in url:
         raise StorageError(f"storage '{url}' is not a database URL (e.g. postgresql://user@host/db)")
     try:
-        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        with warnings.catch_warnings():  # heartbeats are 'experimental' in Optuna 5, and what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
         raise StorageError(f"storage {url} cannot be used: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
@@ -78,7 +81,7 @@ def _open_round(storage: RDBStorage, grid: str, todo: list[RunSpec], key_of: Cal
         _wait_ready(study)
         return study
     for spec in todo:
-        study.enqueue_trial({"run": key_of(spec)}, user_attrs={"run_key": key_of(spec), "queued": True})
+        study.enqueue_trial({}, user_attrs={"run_key": key_of(spec), "queued": True})
     study.set_user_attr("ready", True)
     log.info("work queue %s: queued %d runs", name, len(todo))
     return study
@@ -146,7 +149,6 @@ def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
             trial.set_user_attr("skipped", "already finished")
             study.tell(trial, state=TrialState.PRUNED)
             continue
-        trial.suggest_categorical("run", [key])
         spec = by_key[key]
         with _Heartbeat(storage, trial._trial_id):  # Optuna exposes no public trial id for ask/tell
             outcome = run_one(spec)
