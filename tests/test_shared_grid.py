@@ -30,7 +30,7 @@ def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
     procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     done = [json.loads(out[out.index("{"):])["finished"] for out, _ in outputs]
     assert sum(done) == 6 and all(n >= 1 for n in done), done
