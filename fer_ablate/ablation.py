@@ -59,7 +59,7 @@ def describe(runs: list[RunSpec]) -> str:
     return "\n".join(lines)
 
 
-def _run_child(spec: RunSpec, experiment: str, parent_run_id: str, name: str) -> ChildOutcome:
+def _run_child(spec: RunSpec, experiment_id: str, parent_run_id: str, name: str) -> ChildOutcome:
     """Train one child run (in this process or a worker process); never raises for training errors."""
     import keras
 
@@ -68,8 +68,8 @@ def _run_child(spec: RunSpec, experiment: str, parent_run_id: str, name: str) ->
     tags = tracking.child_tags(KIND, name, {"run_label": spec.label, "seed": spec.seed, "child_key": child_key(spec),
                                             **{f"level.{k}": v for k, v in spec.levels.items()}})
     try:
-        run_id, metrics = train_and_track(spec.config, experiment=experiment, run_name=spec.run_name,
-                                          tags=tags, parent_run_id=parent_run_id)
+        run_id, metrics = train_and_track(spec.config, run_name=spec.run_name, tags=tags,
+                                          parent_run_id=parent_run_id, experiment_id=experiment_id)
         value = metrics.get("val_accuracy")
         return ChildOutcome(run_id, True, f"val_accuracy {value:.4f}", value)
     except KeyboardInterrupt:
@@ -81,7 +81,7 @@ def _run_child(spec: RunSpec, experiment: str, parent_run_id: str, name: str) ->
         keras.utils.clear_session()
 
 
-def _worker_entry(spec: RunSpec, experiment: str, parent_run_id: str, name: str, tracking_uri: str):
+def _worker_entry(spec: RunSpec, experiment_id: str, parent_run_id: str, name: str, tracking_uri: str):
     """Entry point of a spawned worker process."""
     import os
 
@@ -90,7 +90,7 @@ def _worker_entry(spec: RunSpec, experiment: str, parent_run_id: str, name: str,
     configure_logging()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     os.environ.pop("MLFLOW_RUN_ID", None)  # the launcher's run is the parent, never this child
-    return _run_child(spec, experiment, parent_run_id, name)
+    return _run_child(spec, experiment_id, parent_run_id, name)
 
 
 class Progress:
@@ -156,10 +156,12 @@ def run_experiment(
                     if child.info.status == "RUNNING" and child.data.tags.get("child_key") not in live:
                         tracking.end_run_by_id(child.info.run_id, "KILLED", "its worker died; the run was re-queued")
 
-            finished, failed = run_shared_grid(storage, exp, todo, lambda s: _run_child(s, exp.name, parent, exp.name),
-                                               child_key, end_orphans)
+            def run_one(spec: RunSpec) -> ChildOutcome:
+                return _run_child(spec, experiment_id, parent, exp.name)
+
+            finished, failed = run_shared_grid(storage, exp, todo, run_one, child_key, end_orphans)
         else:
-            finished, failed = _run_local(exp, todo, parent, workers)
+            finished, failed = _run_local(exp, todo, experiment_id, parent, workers)
     except KeyboardInterrupt:
         tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume")
         raise
@@ -170,19 +172,20 @@ def run_experiment(
     return GridOutcome(parent, len(runs), skipped, finished, failed)
 
 
-def _run_local(exp: Experiment, todo: list[RunSpec], parent: str, workers: int) -> tuple[int, int]:
+def _run_local(exp: Experiment, todo: list[RunSpec], experiment_id: str, parent: str, workers: int
+               ) -> tuple[int, int]:
     progress = Progress(len(todo))
     finished = failed = 0
     if workers <= 1:
         for spec in todo:
-            outcome = _run_child(spec, exp.name, parent, exp.name)
+            outcome = _run_child(spec, experiment_id, parent, exp.name)
             finished, failed = finished + outcome.ok, failed + (not outcome.ok)
             log.info(progress.line(spec, outcome.ok, outcome.detail))
         return finished, failed
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     uri = tracking.mlflow.get_tracking_uri()
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_worker_entry, spec, exp.name, parent, exp.name, uri): spec for spec in todo}
+        futures = {pool.submit(_worker_entry, spec, experiment_id, parent, exp.name, uri): spec for spec in todo}
         for future in as_completed(futures):
             spec = futures[future]
             try:

@@ -73,12 +73,17 @@ def use_store(tracking_uri: str | None = None) -> str:
     return uri
 
 
-def configure(experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None) -> str:
+def configure(experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+              experiment_id: str | None = None) -> str:
     """Point MLflow at the store (default: the project's SQLite file) and return the experiment id.
 
-    Inside ``mlflow run`` the experiment and tracking URI come from the launcher's environment.
+    Inside ``mlflow run`` the experiment and tracking URI come from the launcher's environment (read
+    once by the caller: MLflow's end_run removes MLFLOW_RUN_ID from the environment). A known
+    ``experiment_id`` (a grid's children) is used as is.
     """
     uri = use_store(tracking_uri)
+    if experiment_id:
+        return experiment_id
     if os.environ.get("MLFLOW_EXPERIMENT_ID") and os.environ.get("MLFLOW_RUN_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     try:

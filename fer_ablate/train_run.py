@@ -25,14 +25,15 @@ def train_and_track(
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
     extra_callbacks: list | None = None,
+    experiment_id: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Train ``cfg`` as one MLflow run and return ``(run_id, final metrics)``.
 
     The tracking store is checked before any work; a crash or Ctrl-C ends the run FAILED or KILLED
-    with everything logged so far. ``extra_callbacks`` (Keras callbacks) let a driver such as the Optuna
-    objective watch the epochs.
+    with everything logged so far. ``experiment_id`` (when known) wins over ``experiment``.
+    ``extra_callbacks`` (Keras callbacks) let a driver such as the Optuna objective watch the epochs.
     """
-    experiment_id = tracking.configure(experiment, tracking_uri)
+    experiment_id = tracking.configure(experiment, tracking_uri, experiment_id)
     with tracking.tracked_run(experiment_id, run_name or default_run_name(cfg), tags, parent_run_id) as run:
         digest = tracking.log_config(cfg)
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)

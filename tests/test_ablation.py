@@ -117,3 +117,20 @@ def test_dry_run_lists_runs_with_config_hash(capsys):
     out = capsys.readouterr().out
     assert "kernel5 · seed 3" in out and len(re.findall(r"\b[0-9a-f]{12}\b", out)) == 18
     assert mlflow.get_experiment_by_name("paper_ablation") is None  # a dry run records nothing
+
+
+def test_mlflow_run_ablate_entry_point(tmp_path):
+    """`mlflow run . -e ablate -P experiment=smoke --env-manager local`: the launcher's run is the parent."""
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "ablate", "-P", "experiment=smoke",
+           "--env-manager", "local", "--experiment-name", "ablate-entry-point"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    exp_id = client.get_experiment_by_name("ablate-entry-point").experiment_id
+    runs = client.search_runs([exp_id])
+    parents = [r for r in runs if r.data.tags.get("fer_ablate_kind") == "ablation"]
+    children = [r for r in runs if r.data.tags.get("fer_ablate_kind") == "ablation-child"]
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert any(a.path == "report" for a in client.list_artifacts(parents[0].info.run_id))
