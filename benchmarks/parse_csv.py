@@ -79,7 +79,7 @@ def main() -> None:
     print(f"file: {source or 'generated random pixels'} -> {size_mb:.0f} MB uncompressed CSV, {rows:,} rows; "
           f"best of {args.repeat}; {os.cpu_count()} cores")
     print(f"baseline pandas.read_csv + per-row np.fromstring : {base:6.2f} s   1.0x")
-    print(f"fer-ablate cold, C fast path ({'built' if saved else 'NOT built'})      : {cold:6.2f} s "
+    print(f"fer-ablate cold, C fast path ({'built' if saved else 'NOT built':>9})  : {cold:6.2f} s "
           f"{base / cold:5.1f}x")
     print(f"fer-ablate cold, numpy fallback                  : {numpy_path:6.2f} s {base / numpy_path:5.1f}x")
     print(f"fer-ablate from cache (content-hash key)         : {cached:6.2f} s {base / cached:5.1f}x")
