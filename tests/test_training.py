@@ -1,0 +1,44 @@
+"""One training run without MLflow: best-epoch restore, augmentation placement, the recipe's options."""
+
+import pytest
+from conftest import tiny_overrides
+
+from fer_ablate.config import resolve_config
+from fer_ablate.data import load_dataset
+from fer_ablate.training import build_models, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return load_dataset(resolve_config("paper", tiny_overrides())["data"])
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_evaluates_best_or_last_epoch(tiny_data, restore):
+    cfg = resolve_config("dropout0", tiny_overrides(**{"train.epochs": 3, "train.restore_best": restore,
+                                                       "model.batch_norm": False, "augment.enabled": False}))
+    result = train(cfg, tiny_data)
+    curve = result.history["val_accuracy"]
+    expected = max(curve) if restore else curve[-1]
+    assert result.metrics["val_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert result.best_epoch == curve.index(max(curve)) + 1
+    assert set(result.history) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
+    assert result.images_per_second > 0 and result.param_count > 0
+
+
+def test_augmentation_only_in_the_training_graph():
+    cfg = resolve_config("aug", tiny_overrides())
+    inference, training, _ = build_models(cfg)
+    assert not [layer for layer in inference.layers if layer.name.startswith("aug_")]
+    assert {"aug_flip", "aug_rotation", "aug_zoom", "aug_shift"} <= {layer.name for layer in training.layers}
+    assert inference.input_shape == (None, 48, 48, 1)
+
+
+def test_plateau_class_weights_label_smoothing_early_stopping(tiny_data):
+    cfg = resolve_config("plateau", tiny_overrides(**{
+        "train.epochs": 4, "train.plateau_patience": 1, "train.plateau_factor": 0.1, "train.min_lr": 1e-6,
+        "train.class_weights": True, "train.label_smoothing": 0.1, "train.early_stopping_patience": 3}))
+    result = train(cfg, tiny_data)
+    lrs = result.history["lr"]
+    assert lrs[0] == pytest.approx(1e-3) and min(lrs) < 1e-3  # the plateau cut the learning rate
+    assert result.epochs_run <= 4
