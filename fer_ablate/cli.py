@@ -17,7 +17,7 @@ def configure_logging() -> None:
     """INFO lines with time for our modules; libraries' chatter at WARNING."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "PIL"):
+    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "PIL", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -117,6 +117,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Create or resume an Optuna study over a search-space file."""
+    from .config import parse_set_args
+    from .tuning import run_study
+
+    summary = run_study(args.space, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage or None,
+                        study_name=args.study_name, workers=args.workers or 1, extra=parse_set_args(args.set),
+                        tracking_uri=args.tracking_uri)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_tune_report(args: argparse.Namespace) -> int:
+    """Log a study's best trial, plots and best variant to its parent run (again)."""
+    from . import tracking
+    from .tuning import EXPERIMENT, KIND, default_storage
+    from .tuning_report import report_study
+
+    experiment_id = tracking.configure(EXPERIMENT, args.tracking_uri)
+    parent = tracking.open_parent(experiment_id, KIND, args.study_name)
+    summary = report_study(args.study_name, args.storage or default_storage(), parent)
+    tracking.end_run_by_id(parent, "FINISHED")
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered model builders."""
     from .models import list_models
@@ -175,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="folder (default: reports/<experiment>/)")
     report.add_argument("--tracking-uri", default=None)
     report.set_defaults(func=cmd_report)
+
+    tune = sub.add_parser("tune", help="tune hyperparameters with Optuna (resumable, tracked)")
+    tune.add_argument("--space", required=True, help="name in search_spaces/ or a YAML path")
+    tune.add_argument("--n-trials", type=_optional_int(minimum=1), default=20,
+                      help="finished trials wanted in the study (all workers together)")
+    tune.add_argument("--timeout", type=float, default=None, help="seconds per worker")
+    tune.add_argument("--storage", default=None,
+                      help="sqlite:///FILE (default ./optuna.db), journal:PATH, or postgresql://user@host/db")
+    tune.add_argument("--study-name", default=None, help="default: the space's name; same name = resume")
+    tune.add_argument("--workers", type=_optional_int(minimum=1), default=1, help="worker processes on this host")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in every trial")
+    tune.add_argument("--tracking-uri", default=None)
+    tune.set_defaults(func=cmd_tune)
+
+    tune_report = sub.add_parser("tune-report", help="best trial, Optuna plots and best variant of a study")
+    tune_report.add_argument("--study-name", required=True)
+    tune_report.add_argument("--storage", default=None)
+    tune_report.add_argument("--tracking-uri", default=None)
+    tune_report.set_defaults(func=cmd_tune_report)
 
     models = sub.add_parser("models", help="list registered model builders")
     models.add_argument("pattern", nargs="?", default="*")

@@ -170,6 +170,12 @@ def child_tags(kind: str, name: str, extra: dict[str, Any]) -> dict[str, str]:
     return {"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name, **{k: str(v) for k, v in extra.items()}}
 
 
+def active_run_id() -> str | None:
+    """The id of the run active in this process, if any."""
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
 def end_run_by_id(run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
     """Terminate a run that is not active in this process (a parent, or a stale child of a killed grid)."""
     client = MlflowClient()

@@ -1,0 +1,138 @@
+"""Search-space files (``search_spaces/*.yaml``): parameters, conditions, metric, sampler, pruner.
+
+Each parameter is a config key with a type (float, int, categorical), a range (low/high, optional
+log scale and step) or choices, and an optional ``condition`` ({other key: value}) under which it exists.
+Validation errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, apply_overrides, flatten, load_defaults, load_variants, read_yaml
+from .paths import project_root
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+PRUNERS = ("median", "hyperband", "successive_halving", "threshold", "none")
+TOP_KEYS = {"name", "description", "base", "metric", "direction", "sampler", "pruner", "epochs", "fixed", "params"}
+PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "condition"}
+
+
+@dataclass
+class Param:
+    """One tunable setting."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    condition: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SearchSpace:
+    """A parsed and validated search-space file."""
+
+    name: str
+    description: str
+    base: str
+    metric: str
+    direction: str
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    epochs: int
+    fixed: dict[str, Any]
+    params: list[Param]
+    path: Path
+
+
+def find_space(name_or_path: str) -> Path:
+    """A space name (``paper_cnn``) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = project_root() / "search_spaces" / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in (project_root() / "search_spaces").glob("*.yaml"))
+    raise ConfigError(f"unknown search space '{name_or_path}'; known: {', '.join(known)}")
+
+
+def _param(path: Path, key: str, spec: Any, known: dict[str, Any]) -> Param:
+    where = f"{path}: params.{key}"
+    if key not in known:
+        raise ConfigError(f"{where}: unknown setting; known keys start with model., train., augment., data.")
+    if not isinstance(spec, dict) or set(spec) - PARAM_KEYS:
+        raise ConfigError(f"{where}: expected a mapping with keys from {sorted(PARAM_KEYS)}, got {spec!r}")
+    kind = spec.get("type")
+    if kind == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            raise ConfigError(f"{where}: categorical needs a non-empty 'choices' list")
+        for choice in spec["choices"]:
+            apply_overrides(load_defaults(), {key: choice}, origin=where)
+    elif kind in ("float", "int"):
+        low, high = spec.get("low"), spec.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+            raise ConfigError(f"{where}: {kind} needs numbers low < high, got low={low!r}, high={high!r}")
+        if spec.get("log") and low <= 0:
+            raise ConfigError(f"{where}: log scale needs low > 0")
+        if spec.get("log") and spec.get("step"):
+            raise ConfigError(f"{where}: log and step cannot be combined")
+        apply_overrides(load_defaults(), {key: int(low) if kind == "int" else float(low)}, origin=where)
+    else:
+        raise ConfigError(f"{where}: type must be float, int or categorical, got {kind!r}")
+    condition = spec.get("condition") or {}
+    if not isinstance(condition, dict) or any(k not in known for k in condition):
+        raise ConfigError(f"{where}: condition must map known keys to values, got {condition!r}")
+    return Param(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log")), spec.get("step"),
+                 list(spec.get("choices") or []), dict(condition))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Read and validate a search-space file."""
+    path = find_space(name_or_path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {sorted(TOP_KEYS)}")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    base = raw.get("base", "paper")
+    if base not in load_variants():
+        raise ConfigError(f"{path}: base: unknown variant '{base}'")
+    sampler = raw.get("sampler") or {"type": "tpe"}
+    pruner = raw.get("pruner") or {"type": "median"}
+    if sampler.get("type") not in SAMPLERS:
+        raise ConfigError(f"{path}: sampler.type must be one of {', '.join(SAMPLERS)}, got {sampler.get('type')!r}")
+    if pruner.get("type") not in PRUNERS:
+        raise ConfigError(f"{path}: pruner.type must be one of {', '.join(PRUNERS)}, got {pruner.get('type')!r}")
+    direction = raw.get("direction", "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{path}: direction must be maximize or minimize")
+    epochs = raw.get("epochs", 10)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"{path}: epochs must be a positive integer, got {epochs!r}")
+    fixed = flatten(raw.get("fixed") or {})
+    apply_overrides(load_defaults(), fixed, origin=f"{path}: fixed")
+    known = flatten(load_defaults())
+    params = [_param(path, key, spec, known) for key, spec in (raw.get("params") or {}).items()]
+    if not params:
+        raise ConfigError(f"{path}: params: at least one parameter is needed")
+    keys = {p.key for p in params}
+    for p in params:
+        for cond_key in p.condition:
+            if cond_key not in keys and cond_key not in fixed:
+                raise ConfigError(f"{path}: params.{p.key}: condition on '{cond_key}', which is neither a "
+                                  "parameter nor fixed")
+    return SearchSpace(raw.get("name", path.stem), raw.get("description", ""), base, raw.get("metric", "val_accuracy"),
+                       direction, sampler, pruner, epochs, fixed, params, path)
+
+
+def active(param: Param, chosen: dict[str, Any]) -> bool:
+    """Whether ``param`` exists given the values chosen so far (its condition holds)."""
+    return all(chosen.get(k) == v for k, v in param.condition.items())

@@ -1,0 +1,256 @@
+"""Optuna studies over a search-space file: every trial a tracked MLflow child run of the study's parent.
+
+Storage: SQLite (one process, the default ``<project>/optuna.db``), a journal file (``journal:PATH``, several
+processes on one host, what ``--workers N`` uses by default) or PostgreSQL (several machines). Re-running
+with the same study name resumes it; RDB storages record heartbeats, so a trial whose worker died is
+marked FAIL and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from . import tracking
+from .config import ConfigError, resolve_config
+from .paths import project_root
+from .search_space import SearchSpace, active, load_space
+from .train_run import train_and_track
+from .work_queue import StorageError
+
+log = logging.getLogger(__name__)
+KIND = "study"
+EXPERIMENT = "fer-ablate-tuning"
+HEARTBEAT = int(os.environ.get("FER_ABLATE_HEARTBEAT", "20"))  # seconds; tests shorten it
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def default_storage() -> str:
+    """The single-process default: a SQLite file in the project (git-ignored)."""
+    return f"sqlite:///{project_root() / 'optuna.db'}"
+
+
+def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A dead worker's trial: end its MLflow run KILLED, then let Optuna re-queue the trial."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        tracking.end_run_by_id(run_id, "KILLED", "worker died (heartbeat lost); the trial was retried")
+        tracking.get_client().set_tag(run_id, "trial_state", "FAIL")
+    RetryHeartbeatStaleTrialCallback(max_retry=3)(study, trial)
+
+
+def open_storage(url: str | None) -> Any:
+    """Optuna storage for a URL; an invalid URL or unreachable database fails here, before training."""
+    url = url or default_storage()
+    try:
+        if url.startswith("journal:"):
+            return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        if "://" not in url:
+            raise StorageError(f"storage '{url}' is neither a database URL nor journal:PATH")
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT, grace_period=3 * HEARTBEAT,
+                          heartbeat_stale_trial_callback=_end_orphaned_run)
+    except StorageError:
+        raise
+    except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean "cannot use this storage"
+        raise StorageError(f"storage {url} cannot be used: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+def make_sampler(spec: dict[str, Any], space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The sampler named in the space file (TPE, random, grid, CMA-ES, GP)."""
+    kind, seed = spec["type"], spec.get("seed")
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("n_startup_trials", 10))
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        if any(p.type != "categorical" for p in space.params):
+            raise ConfigError(f"{space.path}: sampler grid needs categorical parameters only")
+        return optuna.samplers.GridSampler({p.key: p.choices for p in space.params}, seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner named in the space file (median, Hyperband, successive halving, threshold, none)."""
+    kind = spec["type"]
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.get("n_startup_trials", 5),
+                                           n_warmup_steps=spec.get("n_warmup_steps", 0))
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.get("min_resource", 1))
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.get("min_resource", 1))
+    if kind == "threshold":  # stop any trial outside [lower, upper]: a floor under hopeless trials
+        return optuna.pruners.ThresholdPruner(lower=spec.get("lower"), upper=spec.get("upper"),
+                                              n_warmup_steps=spec.get("n_warmup_steps", 0))
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Config overrides for one trial; a conditional parameter is suggested only when its condition holds."""
+    chosen: dict[str, Any] = dict(space.fixed)
+    for p in space.params:
+        if not active(p, chosen):
+            continue
+        if p.type == "categorical":
+            # Optuna stores categorical choices as str/int/float/bool/None: lists go by index.
+            if any(isinstance(c, list) for c in p.choices):
+                chosen[p.key] = p.choices[trial.suggest_categorical(p.key, list(range(len(p.choices))))]
+            else:
+                chosen[p.key] = trial.suggest_categorical(p.key, p.choices)
+        elif p.type == "int":
+            chosen[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            chosen[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
+    return chosen
+
+
+class TrialReporter(keras.callbacks.Callback):
+    """Reports the metric to Optuna each epoch, stops training when the pruner says so, and records
+    the trial's MLflow run id (so a dead worker's run can be ended by whoever notices)."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        super().__init__()
+        self.trial, self.metric, self.pruned, self.values = trial, metric, False, []
+
+    def on_train_begin(self, logs=None):
+        self.trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.metric)
+        if value is None:
+            return
+        self.values.append(float(value))
+        self.trial.report(float(value), step=epoch + 1)
+        if self.trial.should_prune():
+            self.pruned = True
+            self.model.stop_training = True
+
+
+@dataclass
+class Objective:
+    """``objective(trial)``: a config from the base variant plus suggestions, trained as a child run."""
+
+    space: SearchSpace
+    study_name: str
+    parent_run_id: str
+    experiment_id: str
+    extra: dict[str, Any]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        keras.utils.clear_session()  # each trial starts from a clean Keras session
+        overrides = {**suggest(trial, self.space), "train.epochs": self.space.epochs, **self.extra}
+        trial.set_user_attr("overrides", {k: v for k, v in overrides.items()})
+        cfg = resolve_config(self.space.base, overrides)
+        cfg["variant"] = f"{self.study_name}-trial{trial.number}"
+        reporter = TrialReporter(trial, self.space.metric)
+        tags = tracking.child_tags(KIND, self.study_name, {"trial_number": trial.number})
+        try:
+            run_id, _ = train_and_track(cfg, run_name=f"trial {trial.number}", tags=tags,
+                                        parent_run_id=self.parent_run_id, experiment_id=self.experiment_id,
+                                        extra_callbacks=[reporter])
+        except BaseException:
+            if trial.user_attrs.get("mlflow_run_id"):
+                tracking.get_client().set_tag(trial.user_attrs["mlflow_run_id"], "trial_state", "FAIL")
+            raise  # Optuna records the trial FAIL; optimize(catch=...) lets the study go on
+        client = tracking.get_client()
+        if reporter.pruned:
+            client.set_tag(run_id, "trial_state", "PRUNED")
+            raise optuna.TrialPruned(f"pruned after {len(reporter.values)} epochs")
+        client.set_tag(run_id, "trial_state", "COMPLETE")
+        pick = max if self.space.direction == "maximize" else min
+        return pick(reporter.values)
+
+
+def _safe_url(url: str) -> str:
+    """The storage URL without a password, for tags."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.split("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}@{host}"
+    return url
+
+
+def _optimize(space_name: str, study_name: str, storage_url: str, n_trials: int | None, timeout: float | None,
+              parent: str, experiment_id: str, extra: dict[str, Any], tracking_uri: str | None) -> None:
+    """One worker: optimise until the study has ``n_trials`` finished trials (all workers together)."""
+    space = load_space(space_name)
+    tracking.use_store(tracking_uri)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url),
+                              sampler=make_sampler(space.sampler, space), pruner=make_pruner(space.pruner))
+    callbacks = [_progress]
+    if n_trials:
+        callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    objective = Objective(space, study_name, parent, experiment_id, extra)
+    # catch=Exception: a trial whose training raises is recorded FAIL and the study goes on.
+    study.optimize(objective, n_trials=None if n_trials else 1, timeout=timeout, callbacks=callbacks,
+                   catch=(Exception,), gc_after_trial=True)
+
+
+def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    try:
+        best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        best = "none yet"
+    log.info("trial %d %s%s; %d finished trials; best %s", trial.number, trial.state.name,
+             f" {trial.value:.4f}" if trial.value is not None else "", done, best)
+
+
+def _worker_entry(*args: Any) -> None:
+    from .cli import configure_logging
+
+    configure_logging()
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    _optimize(*args)
+
+
+def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None = None, storage: str | None = None,
+              study_name: str | None = None, workers: int = 1, extra: dict[str, Any] | None = None,
+              tracking_uri: str | None = None) -> dict[str, Any]:
+    """Create or resume a study and optimise it in ``workers`` processes; then report it to the parent."""
+    space = load_space(space_name)
+    study_name = study_name or space.name
+    if workers > 1 and storage is None:
+        storage = f"journal:{project_root() / 'optuna-journal.log'}"  # SQLite is for one process only
+    if workers > 1 and storage.startswith("sqlite"):
+        raise StorageError("SQLite storage is for one process; use journal:PATH or postgresql:// with --workers")
+    storage_url = storage or default_storage()
+    store = open_storage(storage_url)  # fails here, before any training, when unusable
+    optuna.create_study(study_name=study_name, storage=store, direction=space.direction, load_if_exists=True,
+                        sampler=make_sampler(space.sampler, space), pruner=make_pruner(space.pruner))
+    experiment_id = tracking.configure(EXPERIMENT, tracking_uri)
+    parent = tracking.open_parent(experiment_id, KIND, study_name, {
+        "study_name": study_name, "storage": _safe_url(storage_url), "sampler": space.sampler["type"],
+        "pruner": space.pruner["type"], "search_space": space.name})
+    tracking.log_parent_summary(parent, {}, texts={"search_space.yaml": space.path.read_text()})
+    args = (space_name, study_name, storage_url, n_trials, timeout, parent, experiment_id, extra or {}, tracking_uri)
+    try:
+        if workers <= 1:
+            _optimize(*args)
+        else:
+            context = multiprocessing.get_context("spawn")
+            procs = [context.Process(target=_worker_entry, args=args) for _ in range(workers)]
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join()
+    except KeyboardInterrupt:
+        tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume the study")
+        raise
+    from .tuning_report import report_study
+
+    summary = report_study(study_name, storage_url, parent)
+    tracking.end_run_by_id(parent, "FINISHED")
+    return summary

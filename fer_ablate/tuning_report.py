@@ -1,0 +1,90 @@
+"""The end of a study (or ``fer-ablate tune-report``): best trial, Optuna's plots, the best config as a variant.
+
+Everything is logged to the study's parent run; the best configuration is also written as a variants YAML
+that ``fer-ablate train --variant-file FILE --variant NAME`` runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from . import tracking  # noqa: E402
+from .config import flatten, to_yaml  # noqa: E402
+from .paths import project_root  # noqa: E402
+
+log = logging.getLogger(__name__)
+PLOTS = {
+    "optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
+    "param_importances": optuna.visualization.matplotlib.plot_param_importances,
+    "parallel_coordinate": optuna.visualization.matplotlib.plot_parallel_coordinate,
+    "intermediate_values": optuna.visualization.matplotlib.plot_intermediate_values,
+}
+
+
+def _plots(study: optuna.Study, folder: Path) -> list[Path]:
+    paths = []
+    for name, plot in PLOTS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            fig.savefig(folder / f"{name}.png", dpi=100)
+            plt.close(fig)
+            paths.append(folder / f"{name}.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ complete trials
+            log.info("plot %s skipped: %s", name, exc)
+    return paths
+
+
+def best_variant(study: optuna.Study, study_name: str) -> dict[str, Any]:
+    """The best trial's configuration as a variants-file entry."""
+    best = study.best_trial
+    overrides = flatten(best.user_attrs.get("overrides", {}))
+    return {f"{study_name}_best": {
+        "description": f"Best trial {best.number} of study '{study_name}': {best.value:.4f}",
+        "overrides": overrides}}
+
+
+def report_study(study_name: str, storage: str, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Log the study's outcome to its parent run; return a summary (states, best value and params)."""
+    from .tuning import open_storage
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    summary: dict[str, Any] = {"study": study_name, "trials": len(trials), "states": counts}
+    metrics = {f"trials_{k.lower()}": v for k, v in counts.items()}
+    texts: dict[str, str] = {}
+    folder = project_root() / "reports" / "tuning" / study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    if counts["COMPLETE"]:
+        best = study.best_trial
+        summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
+        metrics["best_value"] = best.value
+        variant = best_variant(study, study_name)
+        (folder / "best_variant.yaml").write_text(
+            f"# fer-ablate train --variant-file {folder / 'best_variant.yaml'} --variant {study_name}_best\n"
+            + to_yaml(variant))
+        summary["best_variant_file"] = str(folder / "best_variant.yaml")
+        texts["best_variant.yaml"] = (folder / "best_variant.yaml").read_text()
+        texts["best_params.yaml"] = to_yaml(best.params)
+    if parent_run_id:
+        # Tags, not params: MLflow params are immutable and the best trial changes when a study resumes.
+        for key, value in summary.get("best_params", {}).items():
+            tracking.get_client().set_tag(parent_run_id, f"best.{key}", str(value))
+        tracking.log_parent_summary(parent_run_id, metrics, texts=texts, files=_plots(study, folder),
+                                    artifact_dir="optuna_plots")
+    return summary
