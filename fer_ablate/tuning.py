@@ -161,8 +161,10 @@ class Objective:
                                         parent_run_id=self.parent_run_id, experiment_id=self.experiment_id,
                                         extra_callbacks=[reporter])
         except BaseException:
-            if trial.user_attrs.get("mlflow_run_id"):
-                tracking.get_client().set_tag(trial.user_attrs["mlflow_run_id"], "trial_state", "FAIL")
+            # The run may have failed before training began (a model that cannot be built): find it by tag.
+            for run in tracking.child_runs(self.experiment_id, KIND, self.study_name):
+                if run.data.tags.get("trial_number") == str(trial.number):
+                    tracking.get_client().set_tag(run.info.run_id, "trial_state", "FAIL")
             raise  # Optuna records the trial FAIL; optimize(catch=...) lets the study go on
         client = tracking.get_client()
         if reporter.pruned:
@@ -194,7 +196,7 @@ def _optimize(space_name: str, study_name: str, storage_url: str, n_trials: int 
         callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     objective = Objective(space, study_name, parent, experiment_id, extra)
     # catch=Exception: a trial whose training raises is recorded FAIL and the study goes on.
-    study.optimize(objective, n_trials=None if n_trials else 1, timeout=timeout, callbacks=callbacks,
+    study.optimize(objective, n_trials=None, timeout=timeout, callbacks=callbacks,
                    catch=(Exception,), gc_after_trial=True)
 
 
