@@ -35,6 +35,29 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
 
 
+def read_mapping(path: Path, allowed: set[str]) -> dict[str, Any]:
+    """Read a YAML file that must be a mapping with keys from ``allowed``; errors name the file and keys."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {sorted(allowed)}")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return raw
+
+
+def find_named_file(folder: Path, name_or_path: str, kind: str) -> Path:
+    """A YAML path as given, or ``<folder>/<name>.yaml``; an unknown name lists the known ones."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = folder / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise ConfigError(f"unknown {kind} '{name_or_path}'; known: {', '.join(known)}")
+
+
 def load_defaults() -> dict[str, Any]:
     """Return a fresh copy of the default configuration (the paper's final model)."""
     return copy.deepcopy(read_yaml(DEFAULTS_FILE))

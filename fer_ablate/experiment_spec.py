@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, config_hash, flatten, load_variants, read_yaml, resolve_config
+from .config import ConfigError, config_hash, find_named_file, flatten, load_variants, read_mapping, resolve_config
 from .paths import project_root
 
 DESIGNS = ("one_at_a_time", "factorial", "sequence")
@@ -76,14 +76,7 @@ def experiments_dir() -> Path:
 
 def find_experiment(name_or_path: str) -> Path:
     """An experiment name (``paper_ablation``) or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    candidate = experiments_dir() / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
-    raise ConfigError(f"unknown experiment '{name_or_path}'; known experiments: {', '.join(known)}")
+    return find_named_file(experiments_dir(), name_or_path, "experiment")
 
 
 def _levels(path: Path, factor: str, spec: Any, variants: dict) -> dict[str, dict[str, Any]]:
@@ -105,12 +98,7 @@ def _levels(path: Path, factor: str, spec: Any, variants: dict) -> dict[str, dic
 def load_experiment(name_or_path: str) -> Experiment:
     """Read and validate an experiment file; errors name the file, the key and what is allowed."""
     path = find_experiment(name_or_path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {sorted(TOP_KEYS)}")
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    raw = read_mapping(path, TOP_KEYS)
     variants = load_variants()
     design = raw.get("design", "one_at_a_time")
     if design not in DESIGNS:

@@ -134,10 +134,15 @@ def _plot_accuracy(variants: list[VariantRuns], path: Path) -> Path:
             ax.errorbar(i + dx, mean, yerr=std, fmt="o", color=color, capsize=4,
                         label=key if i == 0 else None)
             ax.scatter([i + dx] * len(vals), vals, color=color, alpha=0.35, s=12)
-    ax.axhline(PAPER_ACCURACY, color="grey", ls=":", label="paper 66%")
-    ax.axhline(TANG_2013_ACCURACY, color="red", ls=":", label="Tang 2013 71.2%")
     ax.set_xticks(range(len(variants)), [v.label for v in variants], rotation=30, ha="right")
     ax.set_ylabel("accuracy (mean ± std over seeds; dots = seeds)")
+    return _finish(fig, ax, path)
+
+
+def _finish(fig, ax, path: Path) -> Path:
+    """Reference lines at 66% (the paper) and 71.2% (Tang 2013), legend, grid; save and close."""
+    ax.axhline(PAPER_ACCURACY, color="grey", ls=":", label="paper 66%")
+    ax.axhline(TANG_2013_ACCURACY, color="red", ls=":", label="Tang 2013 71.2%")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -163,16 +168,9 @@ def _plot_curves(variants: list[VariantRuns], path: Path) -> Path:
         ax.plot(epochs, arr.mean(axis=0), marker="o" if length < 3 else None, color=f"C{i % 10}", label=v.label)
         if len(curves) > 1:
             ax.fill_between(epochs, arr.min(axis=0), arr.max(axis=0), color=f"C{i % 10}", alpha=0.15)
-    ax.axhline(PAPER_ACCURACY, color="grey", ls=":")
-    ax.axhline(TANG_2013_ACCURACY, color="red", ls=":")
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_accuracy (mean over seeds, band = min-max)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def _plot_recall(variants: list[VariantRuns], path: Path) -> Path:

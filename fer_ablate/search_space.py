@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, apply_overrides, flatten, load_defaults, load_variants, read_yaml
+from .config import ConfigError, apply_overrides, find_named_file, flatten, load_defaults, load_variants, read_mapping
 from .paths import project_root
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
@@ -53,14 +53,7 @@ class SearchSpace:
 
 def find_space(name_or_path: str) -> Path:
     """A space name (``paper_cnn``) or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    candidate = project_root() / "search_spaces" / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in (project_root() / "search_spaces").glob("*.yaml"))
-    raise ConfigError(f"unknown search space '{name_or_path}'; known: {', '.join(known)}")
+    return find_named_file(project_root() / "search_spaces", name_or_path, "search space")
 
 
 def _param(path: Path, key: str, spec: Any, known: dict[str, Any]) -> Param:
@@ -96,12 +89,7 @@ def _param(path: Path, key: str, spec: Any, known: dict[str, Any]) -> Param:
 def load_space(name_or_path: str) -> SearchSpace:
     """Read and validate a search-space file."""
     path = find_space(name_or_path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {sorted(TOP_KEYS)}")
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    raw = read_mapping(path, TOP_KEYS)
     base = raw.get("base", "paper")
     if base not in load_variants():
         raise ConfigError(f"{path}: base: unknown variant '{base}'")
