@@ -1,0 +1,133 @@
+"""Resolve ``data.source`` and load a Dataset: FER2013 CSV, image folders or synthetic faces.
+
+``auto`` uses ``$FER_DATA``, else ``data/fer2013.csv[.gz]`` in the project, else the built-in synthetic
+faces, and says which in the log (and, through the caller, in a run tag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..paths import project_root
+from . import cache
+from .dataset import Dataset, DataError, stratified_split, stratified_subset
+from .fer_csv import SPLIT_CODES, parse_fer_csv
+from .folders import load_image_folders
+from .synthetic import GENERATOR_VERSION, make_synthetic_faces
+
+log = logging.getLogger(__name__)
+SYNTHETIC_SEED = 2013  # fixed: every variant and every machine sees the same synthetic faces
+
+
+def resolve_source(source: str) -> str:
+    """Turn ``auto`` into a concrete source (a path or ``synthetic``); check that a given path exists."""
+    if source == "auto":
+        env = os.environ.get("FER_DATA")
+        if env:
+            source = env
+        else:
+            for name in ("fer2013.csv", "fer2013.csv.gz"):
+                candidate = project_root() / "data" / name
+                if candidate.is_file():
+                    return str(candidate)
+            return "synthetic"
+    if source == "synthetic":
+        return source
+    if not Path(source).exists():
+        raise DataError(f"{source}: data file or folder not found (data.source / $FER_DATA)")
+    return source
+
+
+def _load_csv(path: Path, skip_bad_rows: bool) -> tuple[dict, str, dict]:
+    digest = cache.content_hash(path)
+    key = f"fer2013-{digest}-{'skip' if skip_bad_rows else 'strict'}"
+    hit = cache.load(key)
+    if hit is not None:
+        log.info("data: %s from cache (%s)", path.name, key)
+        images, labels, usage, skipped = hit["images"], hit["labels"], hit["usage"], hit["_meta"]["skipped"]
+    else:
+        start = time.perf_counter()
+        images, labels, usage, skipped_counter = parse_fer_csv(path, skip_bad_rows, progress=log.info)
+        skipped = dict(skipped_counter)
+        log.info("data: parsed %s in %.2f s", path.name, time.perf_counter() - start)
+        cache.store(key, {"images": images, "labels": labels, "usage": usage}, {"skipped": skipped})
+    if skipped:
+        log.warning("data: skipped %d bad rows of %s: %s", sum(skipped.values()), path, skipped)
+    splits = {}
+    for split, code in SPLIT_CODES.items():
+        mask = usage == code
+        if mask.any():
+            splits[split] = (images[mask], labels[mask])
+    if "train" not in splits:
+        raise DataError(f"{path}: no Training rows")
+    return splits, digest, skipped
+
+
+def _carve_validation(splits: dict, val_fraction: float, split_seed: int) -> dict:
+    """Carve a stratified validation split out of train when the source has none."""
+    if "validation" not in splits:
+        x, y = splits["train"]
+        keep, carved = stratified_split(y, val_fraction, split_seed)
+        splits["train"], splits["validation"] = (x[keep], y[keep]), (x[carved], y[carved])
+    return splits
+
+
+def _array_digest(splits: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        x, y = splits[name]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+        h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(data_cfg: dict[str, Any]) -> Dataset:
+    """Load the dataset described by the ``data`` section of a resolved config (limits applied)."""
+    source = resolve_source(data_cfg["source"])
+    skipped: dict = {}
+    if source == "synthetic":
+        n = data_cfg["synthetic_samples"]
+        x, y = make_synthetic_faces(n, seed=SYNTHETIC_SEED)
+        train_idx, rest = stratified_split(y, 0.2, SYNTHETIC_SEED)
+        val_local, test_local = stratified_split(y[rest], 0.5, SYNTHETIC_SEED)
+        splits = {
+            "train": (x[train_idx], y[train_idx]),
+            "validation": (x[rest][val_local], y[rest][val_local]),
+            "test": (x[rest][test_local], y[rest][test_local]),
+        }
+        kind, location = "synthetic", f"{GENERATOR_VERSION}(n={n}, seed={SYNTHETIC_SEED})"
+        digest = _array_digest(splits)
+        log.warning("data: no FER2013 found (data.source=%s): using the built-in synthetic faces, %s",
+                    data_cfg["source"], location)
+    elif Path(source).is_dir():
+        splits, counter = load_image_folders(
+            source, data_cfg["val_fraction"], data_cfg["split_seed"], data_cfg["skip_bad_rows"]
+        )
+        skipped = dict(counter)
+        kind, location, digest = "image-folder", str(Path(source).resolve()), _array_digest(splits)
+    else:
+        splits, digest, skipped = _load_csv(Path(source), data_cfg["skip_bad_rows"])
+        splits = _carve_validation(splits, data_cfg["val_fraction"], data_cfg["split_seed"])
+        kind, location = "fer2013-csv", str(Path(source).resolve())
+    splits = _apply_limits(splits, data_cfg)
+    dataset = Dataset(splits=splits, source=kind, location=location, digest=digest, skipped=skipped)
+    log.info("data: %s %s, sizes %s", kind, location, dataset.sizes())
+    return dataset
+
+
+def _apply_limits(splits: dict, data_cfg: dict) -> dict:
+    """Stratified subsets for quick runs (``data.train_limit``, ``data.eval_limit``)."""
+    limited = {}
+    for name, (x, y) in splits.items():
+        limit = data_cfg["train_limit"] if name == "train" else data_cfg["eval_limit"]
+        idx = stratified_subset(y, limit, data_cfg["split_seed"])
+        limited[name] = (x[idx], y[idx])
+    return limited
