@@ -65,10 +65,8 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     for cls in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == cls))
         take = int(round(len(members) * fraction))
-        if len(members) > 1:
-            take = min(max(take, 1), len(members) - 1)
-        else:
-            take = 0
+        # Every class with 2+ members gives at least one and keeps at least one; a singleton stays in train.
+        take = min(max(take, 1), len(members) - 1) if len(members) > 1 else 0
         carved.append(members[:take])
     carved_idx = np.sort(np.concatenate(carved)) if carved else np.array([], dtype=int)
     keep = np.setdiff1d(np.arange(len(y)), carved_idx)

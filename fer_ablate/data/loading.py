@@ -17,7 +17,7 @@ import numpy as np
 
 from ..paths import project_root
 from . import cache
-from .dataset import Dataset, DataError, stratified_split, stratified_subset
+from .dataset import DataError, Dataset, stratified_split, stratified_subset
 from .fer_csv import SPLIT_CODES, parse_fer_csv
 from .folders import load_image_folders
 from .synthetic import GENERATOR_VERSION, make_synthetic_faces
