@@ -50,15 +50,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=1, help="median pruner: epochs before pruning starts")
+    parser.add_argument("--startup", type=int, default=3, help="median pruner: trials before pruning starts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         random = study(Path(tmp), "random_unpruned", {"type": "random", "seed": 0}, {"type": "none"},
                        args.trials, args.epochs, args.samples)
         tpe = study(Path(tmp), "tpe_pruned", {"type": "tpe", "seed": 0, "n_startup_trials": 4},
-                    {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 1}, args.trials, args.epochs,
+                    {"type": "median", "n_startup_trials": args.startup, "n_warmup_steps": args.warmup}, args.trials,
+                    args.epochs,
                     args.samples)
-    print(f"{args.trials} trials x up to {args.epochs} epochs, synthetic n={args.samples}")
+    print(f"{args.trials} trials x up to {args.epochs} epochs, synthetic n={args.samples}, median pruner "
+          f"n_startup_trials={args.startup} n_warmup_steps={args.warmup}")
     print(f"random, no pruning : best val_accuracy {random['best']:.4f}, epochs {random['epochs']}, {random['states']}")
     print(f"TPE + median pruner: best val_accuracy {tpe['best']:.4f}, epochs {tpe['epochs']}, {tpe['states']}")
     print(f"difference {100 * (tpe['best'] - random['best']):+.1f} points with "
