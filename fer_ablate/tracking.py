@@ -91,7 +91,14 @@ def configure(experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = N
         if found is not None:
             return found.experiment_id
         artifacts = default_artifact_root() + f"/{experiment}" if uri.startswith("sqlite:") else None
-        return mlflow.create_experiment(experiment, artifact_location=artifacts)
+        try:
+            return mlflow.create_experiment(experiment, artifact_location=artifacts)
+        except mlflow.exceptions.MlflowException:
+            # Another machine or worker created it a moment ago (a shared store): use theirs.
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"tracking store {uri}: {exc}") from exc
 
