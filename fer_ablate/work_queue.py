@@ -69,7 +69,7 @@ def _open_round(storage: RDBStorage, grid: str, todo: list[RunSpec], key_of: Cal
         _wait_ready(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return study
-        busy = _busy_keys(study)
+        busy = _busy_keys(study) | live_keys(storage, grid)  # a long run of an older round may still train
         todo = [spec for spec in todo if key_of(spec) not in busy]
     if not todo:
         return None
@@ -114,9 +114,14 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def live_keys(study: optuna.Study) -> set[str]:
-    """Runs whose worker is alive right now (RUNNING trials after stale ones were failed)."""
-    return {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+def live_keys(storage: RDBStorage, grid: str) -> set[str]:
+    """Runs whose worker is alive right now, in any round (RUNNING trials once stale ones are failed)."""
+    keys: set[str] = set()
+    for r in _rounds(storage, grid):
+        study = optuna.load_study(study_name=f"{grid}:r{r}", storage=storage)
+        optuna.storages.fail_stale_trials(study)
+        keys |= {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return keys
 
 
 def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
@@ -132,10 +137,11 @@ def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
     storage = open_storage(storage_url)
     by_key = {key_of(spec): spec for spec in todo}
     finished = failed = 0
-    study = _open_round(storage, f"ablation:{exp.name}", todo, key_of)
+    grid = f"ablation:{exp.name}"
+    study = _open_round(storage, grid, todo, key_of)
     if study is None:
         return 0, 0
-    on_round(live_keys(study))
+    on_round(live_keys(storage, grid))
     progress = Progress(len(todo))
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial = study.ask()
