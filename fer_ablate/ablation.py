@@ -132,9 +132,9 @@ def run_experiment(
     exp = load_experiment(name_or_path)
     runs = expand(exp, extra)
     if storage:  # an invalid URL or unreachable database fails here, before any run starts
-        from .work_queue import open_storage
+        from .work_queue import open_rdb_storage
 
-        open_storage(storage)
+        open_rdb_storage(storage)
     experiment_id = tracking.configure(exp.name, tracking_uri)
     parent = tracking.open_parent(experiment_id, KIND, exp.name, {"design": exp.design, "base": exp.base})
     plan = {"name": exp.name, "description": exp.description, "design": exp.design, "base": exp.base,

@@ -17,7 +17,7 @@ from typing import Any
 
 import keras
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -26,12 +26,13 @@ from .config import ConfigError, resolve_config
 from .paths import project_root
 from .search_space import SearchSpace, active, load_space
 from .train_run import train_and_track
-from .work_queue import StorageError
+from .work_queue import StorageError, open_rdb_storage
 
 log = logging.getLogger(__name__)
 KIND = "study"
 EXPERIMENT = "fer-ablate-tuning"
 HEARTBEAT = int(os.environ.get("FER_ABLATE_HEARTBEAT", "20"))  # seconds; tests shorten it
+# Heartbeats and some samplers are 'experimental' in Optuna 5; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -50,19 +51,17 @@ def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
 
 
 def open_storage(url: str | None) -> Any:
-    """Optuna storage for a URL; an invalid URL or unreachable database fails here, before training."""
+    """Optuna storage for a URL (default SQLite, ``journal:PATH``, or a database URL with heartbeats);
+    an invalid URL or unreachable database fails here, before training."""
     url = url or default_storage()
-    try:
-        if url.startswith("journal:"):
+    if url.startswith("journal:"):
+        try:
             return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-        if "://" not in url:
-            raise StorageError(f"storage '{url}' is neither a database URL nor journal:PATH")
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT, grace_period=3 * HEARTBEAT,
-                          heartbeat_stale_trial_callback=_end_orphaned_run)
-    except StorageError:
-        raise
-    except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean "cannot use this storage"
-        raise StorageError(f"storage {url} cannot be used: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        except OSError as exc:
+            raise StorageError(f"storage {url} cannot be used: {exc}") from exc
+    if "://" not in url:
+        raise StorageError(f"storage '{url}' is neither a database URL nor journal:PATH")
+    return open_rdb_storage(url, HEARTBEAT, 3 * HEARTBEAT, on_stale=_end_orphaned_run)
 
 
 def make_sampler(spec: dict[str, Any], space: SearchSpace) -> optuna.samplers.BaseSampler:

@@ -35,16 +35,20 @@ class StorageError(RuntimeError):
     """The Optuna storage URL is invalid or the database does not answer."""
 
 
-def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS) -> RDBStorage:
-    """An RDB storage with heartbeats; fails with a clear message before any training."""
+def open_rdb_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
+                     on_stale: Callable | None = None) -> RDBStorage:
+    """An RDB storage with heartbeats; fails with a clear message before any training.
+
+    ``on_stale(study, trial)`` runs for a trial whose worker died; the default re-queues it.
+    """
     if "://" not in url:
         raise StorageError(f"storage '{url}' is not a database URL (e.g. postgresql://user@host/db)")
     try:
         with warnings.catch_warnings():  # heartbeats are 'experimental' in Optuna 5, and what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
+                              heartbeat_stale_trial_callback=on_stale or RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean "cannot use this database"
         raise StorageError(f"storage {url} cannot be used: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
 
@@ -134,7 +138,7 @@ def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
     """
     from .ablation import Progress
 
-    storage = open_storage(storage_url)
+    storage = open_rdb_storage(storage_url)
     by_key = {key_of(spec): spec for spec in todo}
     finished = failed = 0
     grid = f"ablation:{exp.name}"

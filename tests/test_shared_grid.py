@@ -13,7 +13,7 @@ from conftest import PROJECT
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from fer_ablate.work_queue import StorageError, open_storage
+from fer_ablate.work_queue import StorageError, open_rdb_storage
 
 
 def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
@@ -22,7 +22,7 @@ def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
     path = tmp_path / "smoke_shared.yaml"
     path.write_text(text.replace("seeds: [1, 2]", "seeds: [1, 2, 3]"))
     # Create both schemas once, as the first machine of a new deployment does.
-    open_storage(optuna_url)
+    open_rdb_storage(optuna_url)
     MlflowClient(mlflow_url).search_experiments()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url,
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
@@ -52,4 +52,4 @@ def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
                                          ("postgresql://nobody@127.0.0.1:9/x", "cannot be used")])
 def test_bad_storage_fails_before_any_run(url, message):
     with pytest.raises(StorageError, match=message):
-        open_storage(url)
+        open_rdb_storage(url)
