@@ -1,5 +1,4 @@
 import gzip
-import os
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from fer_ablate.config import load_defaults
 from fer_ablate.data import CLASS_NAMES, DataError, load_dataset, resolve_source
 from fer_ablate.data.fer_csv import parse_fer_csv
 from fer_ablate.data.synthetic import CLASS_PRIORS, make_synthetic_faces
+from fer_ablate.paths import cache_dir, project_root
 
 
 def data_cfg(source, **extra):
@@ -47,8 +47,7 @@ def test_gzip_and_cache(fer_csv_gz):
     assert first.digest == second.digest
     for split in first.splits:
         np.testing.assert_array_equal(first.splits[split][0], second.splits[split][0])
-    cached = list((os.environ["FER_ABLATE_CACHE"] and __import__("pathlib").Path(os.environ["FER_ABLATE_CACHE"]))
-                  .glob(f"fer2013-{first.digest}-*"))
+    cached = list(cache_dir().glob(f"fer2013-{first.digest}-*"))
     assert cached, "parsed arrays are cached under the file's content hash"
 
 
@@ -188,8 +187,7 @@ def test_synthetic_faces_priors_and_determinism():
 
 def test_auto_resolution(tmp_path, monkeypatch, fer_csv):
     monkeypatch.delenv("FER_DATA", raising=False)
-    assert resolve_source("auto") in ("synthetic", str(__import__("fer_ablate.paths").paths.project_root()
-                                                       / "data" / "fer2013.csv"))
+    assert resolve_source("auto") in ("synthetic", str(project_root() / "data" / "fer2013.csv"))
     monkeypatch.setenv("FER_DATA", str(fer_csv))
     assert resolve_source("auto") == str(fer_csv)
     with pytest.raises(DataError, match="not found"):
