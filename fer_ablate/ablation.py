@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
 from . import tracking
 from .config import to_yaml
 from .experiment_spec import Experiment, RunSpec, expand, load_experiment
+from .processes import Progress, run_jobs
+from .train_run import ChildOutcome, train_child
 
 log = logging.getLogger(__name__)
 KIND = "ablation"
@@ -33,16 +32,6 @@ class GridOutcome:
     skipped: int
     finished: int
     failed: int
-
-
-@dataclass
-class ChildOutcome:
-    """How one child run ended: its MLflow run id, success, a short detail line and its val_accuracy."""
-
-    run_id: str
-    ok: bool
-    detail: str
-    value: float | None = None
 
 
 def child_key(spec: RunSpec) -> str:
@@ -61,51 +50,9 @@ def describe(runs: list[RunSpec]) -> str:
 
 def _run_child(spec: RunSpec, experiment_id: str, parent_run_id: str, name: str) -> ChildOutcome:
     """Train one child run (in this process or a worker process); never raises for training errors."""
-    import keras
-
-    from .train_run import train_and_track
-
     tags = tracking.child_tags(KIND, name, {"run_label": spec.label, "seed": spec.seed, "child_key": child_key(spec),
                                             **{f"level.{k}": v for k, v in spec.levels.items()}})
-    try:
-        run_id, metrics = train_and_track(spec.config, run_name=spec.run_name, tags=tags,
-                                          parent_run_id=parent_run_id, experiment_id=experiment_id)
-        value = metrics.get("val_accuracy")
-        return ChildOutcome(run_id, True, f"val_accuracy {value:.4f}", value)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # the run is recorded FAILED with this message; the grid goes on
-        log.exception("run %s failed", spec.run_name)
-        return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
-    finally:
-        keras.utils.clear_session()
-
-
-def _worker_entry(spec: RunSpec, experiment_id: str, parent_run_id: str, name: str, tracking_uri: str):
-    """Entry point of a spawned worker process."""
-    import os
-
-    from .cli import configure_logging
-
-    configure_logging()
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    os.environ.pop("MLFLOW_RUN_ID", None)  # the launcher's run is the parent, never this child
-    return _run_child(spec, experiment_id, parent_run_id, name)
-
-
-class Progress:
-    """One line per run: i of N, elapsed, estimated remaining."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-
-    def line(self, spec: RunSpec, ok: bool, detail: str) -> str:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        remaining = elapsed / self.done * (self.total - self.done)
-        state = "finished" if ok else "FAILED"
-        return (f"[{self.done}/{self.total}] {spec.run_name} {state} ({detail}); elapsed {elapsed / 60:.1f} min, "
-                f"about {remaining / 60:.1f} min to go")
+    return train_child(spec.config, spec.run_name, tags, parent_run_id, experiment_id)
 
 
 def pending_runs(runs: list[RunSpec], experiment_id: str, name: str, own_stale: bool) -> tuple[list[RunSpec], int]:
@@ -176,22 +123,10 @@ def _run_local(exp: Experiment, todo: list[RunSpec], experiment_id: str, parent:
                ) -> tuple[int, int]:
     progress = Progress(len(todo))
     finished = failed = 0
-    if workers <= 1:
-        for spec in todo:
-            outcome = _run_child(spec, experiment_id, parent, exp.name)
-            finished, failed = finished + outcome.ok, failed + (not outcome.ok)
-            log.info(progress.line(spec, outcome.ok, outcome.detail))
-        return finished, failed
-    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-    uri = tracking.mlflow.get_tracking_uri()
-    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_worker_entry, spec, experiment_id, parent, exp.name, uri): spec for spec in todo}
-        for future in as_completed(futures):
-            spec = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # the worker process itself died
-                outcome = ChildOutcome("", False, f"worker died: {exc}")
-            finished, failed = finished + outcome.ok, failed + (not outcome.ok)
-            log.info(progress.line(spec, outcome.ok, outcome.detail))
+    jobs = [(spec, experiment_id, parent, exp.name) for spec in todo]
+    for i, outcome, died in run_jobs(_run_child, jobs, workers):
+        if died is not None:
+            outcome = ChildOutcome("", False, f"worker died: {died}")
+        finished, failed = finished + outcome.ok, failed + (not outcome.ok)
+        log.info(progress.line(todo[i].run_name, outcome.ok, outcome.detail))
     return finished, failed

@@ -26,19 +26,25 @@ def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _whole_number(text: str) -> int:
+    """An integer option that also accepts MLproject's float spelling (``5.0``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
 def _optional_int(minimum: int):
     """An int option where '' or a value below ``minimum`` means unset (MLproject's typed defaults)."""
 
     def parse(text: str) -> int | None:
         if text.strip() == "":
             return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value != int(value):
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-        return int(value) if value >= minimum else None
+        value = _whole_number(text)
+        return value if value >= minimum else None
 
     return parse
 
@@ -108,11 +114,34 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0 if outcome.failed == 0 else 1
 
 
+def cmd_kfold(args: argparse.Namespace) -> int:
+    """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment."""
+    from .kfold import run_kfold
+
+    outcomes = run_kfold(variant=args.variant, experiment=args.experiment or None, folds=args.folds,
+                         seed=args.fold_seed, include_validation=args.include_validation, fold_file=args.fold_file,
+                         extra=_overrides(args), workers=args.workers or 1, tracking_uri=args.tracking_uri)
+    print(json.dumps([o.__dict__ for o in outcomes], indent=2))
+    if not args.no_report:
+        from .kfold_report import write_kfold_report
+
+        target = outcomes[0].parent_run_id if len(outcomes) == 1 else args.experiment
+        folder = write_kfold_report(target, tracking_uri=args.tracking_uri)
+        print(f"report: {folder / 'report.html'}")
+    complete = all(o.failed == 0 and o.metrics.get("folds_finished") == o.metrics.get("folds") for o in outcomes)
+    return 0 if complete else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    """Markdown + HTML + PNG report of an experiment's tracked runs, also logged to its parent run."""
+    """Markdown + HTML + PNG report of an experiment's (or a k-fold run's) tracked runs, logged to its parent."""
     from .reporting import write_report
 
-    folder = write_report(args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri)
+    if args.kfold:
+        from .kfold_report import write_kfold_report
+
+        folder = write_kfold_report(args.kfold, out_dir=args.out, tracking_uri=args.tracking_uri)
+    else:
+        folder = write_report(args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri)
     print(f"report: {folder / 'report.md'}\n        {folder / 'report.html'}")
     return 0
 
@@ -196,8 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     ablate.set_defaults(func=cmd_ablate)
 
+    kfold = sub.add_parser("kfold", help="k-fold cross-validation of a variant or of an experiment's variants")
+    kfold.add_argument("--variant", default="paper")
+    kfold.add_argument("--experiment", default=None, help="every variant of this experiment, on the same folds")
+    kfold.add_argument("--folds", type=_whole_number, default=5,
+                       help="k: at least 2, at most the rarest class's count")
+    kfold.add_argument("--fold-seed", type=_whole_number, default=0, help="seed of the stratified fold assignment")
+    kfold.add_argument("--fold-file", default=None, help="reuse a saved folds.json (checked against the data)")
+    kfold.add_argument("--include-validation", action="store_true",
+                       help="pool the validation split (FER2013 PublicTest) with train before folding")
+    kfold.add_argument("--workers", type=_optional_int(minimum=1), default=1, help="folds in parallel processes")
+    kfold.add_argument("--data", default=None)
+    kfold.add_argument("--epochs", type=_optional_int(minimum=1), default=None)
+    kfold.add_argument("--batch-size", type=_optional_int(minimum=1), default=None)
+    kfold.add_argument("--seed", type=_optional_int(minimum=0), default=None, help="training seed (every fold)")
+    kfold.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    kfold.add_argument("--tracking-uri", default=None)
+    kfold.add_argument("--no-report", action="store_true")
+    kfold.set_defaults(func=cmd_kfold)
+
     report = sub.add_parser("report", help="report an experiment against the 66% and 71.2% baselines")
-    report.add_argument("--experiment", required=True)
+    target = report.add_mutually_exclusive_group(required=True)
+    target.add_argument("--experiment")
+    target.add_argument("--kfold", help="k-fold group or variant: a parent run id, or an experiment/variant name")
     report.add_argument("--out", default=None, help="folder (default: reports/<experiment>/)")
     report.add_argument("--tracking-uri", default=None)
     report.set_defaults(func=cmd_report)

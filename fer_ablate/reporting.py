@@ -136,10 +136,10 @@ def _plot_accuracy(variants: list[VariantRuns], path: Path) -> Path:
             ax.scatter([i + dx] * len(vals), vals, color=color, alpha=0.35, s=12)
     ax.set_xticks(range(len(variants)), [v.label for v in variants], rotation=30, ha="right")
     ax.set_ylabel("accuracy (mean ± std over seeds; dots = seeds)")
-    return _finish(fig, ax, path)
+    return finish_plot(fig, ax, path)
 
 
-def _finish(fig, ax, path: Path) -> Path:
+def finish_plot(fig, ax, path: Path) -> Path:
     """Reference lines at 66% (the paper) and 71.2% (Tang 2013), legend, grid; save and close."""
     ax.axhline(PAPER_ACCURACY, color="grey", ls=":", label="paper 66%")
     ax.axhline(TANG_2013_ACCURACY, color="red", ls=":", label="Tang 2013 71.2%")
@@ -170,7 +170,7 @@ def _plot_curves(variants: list[VariantRuns], path: Path) -> Path:
             ax.fill_between(epochs, arr.min(axis=0), arr.max(axis=0), color=f"C{i % 10}", alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_accuracy (mean over seeds, band = min-max)")
-    return _finish(fig, ax, path)
+    return finish_plot(fig, ax, path)
 
 
 def _plot_recall(variants: list[VariantRuns], path: Path) -> Path:
@@ -228,7 +228,7 @@ def _markdown(name: str, plan: dict, rows: list[dict], effect_rows: list, images
     return "\n".join(lines) + "\n"
 
 
-def _html(markdown_text: str, images: list[Path]) -> str:
+def html_page(markdown_text: str, images: list[Path]) -> str:
     """A self-contained page: the report's tables as preformatted text and every PNG embedded."""
     body = [f"<pre>{html.escape(markdown_text.split('## Figures')[0])}</pre>"]
     for p in images:
@@ -253,7 +253,7 @@ def write_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
               _plot_recall(variants, folder / "per_class_recall.png"), *_confusions(variants, folder)]
     markdown_text = _markdown(name, plan, rows, effect_rows, images)
     (folder / "report.md").write_text(markdown_text)
-    (folder / "report.html").write_text(_html(markdown_text, images))
+    (folder / "report.html").write_text(html_page(markdown_text, images))
     tracking.log_parent_summary(parent, {}, files=[folder / "report.md", folder / "report.html", *images],
                                 artifact_dir="report")
     return folder

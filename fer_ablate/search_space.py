@@ -15,8 +15,10 @@ from .config import ConfigError, apply_overrides, find_named_file, flatten, load
 from .paths import project_root
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
-PRUNERS = ("median", "hyperband", "successive_halving", "threshold", "none")
-TOP_KEYS = {"name", "description", "base", "metric", "direction", "sampler", "pruner", "epochs", "fixed", "params"}
+PRUNERS = ("median", "hyperband", "successive_halving", "threshold", "wilcoxon", "none")
+TOP_KEYS = {"name", "description", "base", "metric", "direction", "sampler", "pruner", "epochs", "fixed", "params",
+            "folds"}
+FOLD_KEYS = {"k", "seed", "include_validation"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "condition"}
 
 
@@ -49,6 +51,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     params: list[Param]
     path: Path
+    folds: dict[str, Any] | None = None  # {k, seed, include_validation}: objective = mean over k folds
 
 
 def find_space(name_or_path: str) -> Path:
@@ -118,7 +121,24 @@ def load_space(name_or_path: str) -> SearchSpace:
                 raise ConfigError(f"{path}: params.{p.key}: condition on '{cond_key}', which is neither a "
                                   "parameter nor fixed")
     return SearchSpace(raw.get("name", path.stem), raw.get("description", ""), base, raw.get("metric", "val_accuracy"),
-                       direction, sampler, pruner, epochs, fixed, params, path)
+                       direction, sampler, pruner, epochs, fixed, params, path, _folds(path, raw.get("folds"), pruner))
+
+
+def _folds(path: Path, spec: Any, pruner: dict[str, Any]) -> dict[str, Any] | None:
+    """The optional ``folds`` section; the Wilcoxon pruner needs it (it compares trials fold by fold)."""
+    if spec is None:
+        if pruner.get("type") == "wilcoxon":
+            raise ConfigError(f"{path}: pruner wilcoxon compares trials fold by fold: add folds: {{k: 5}}")
+        return None
+    if not isinstance(spec, dict) or set(spec) - FOLD_KEYS:
+        raise ConfigError(f"{path}: folds: expected a mapping with keys from {sorted(FOLD_KEYS)}, got {spec!r}")
+    k = spec.get("k", 5)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ConfigError(f"{path}: folds.k must be an integer of at least 2, got {k!r}")
+    if pruner.get("type") not in ("wilcoxon", "none"):
+        raise ConfigError(f"{path}: with folds the objective reports one value per fold: use pruner wilcoxon or "
+                          f"none, not {pruner.get('type')!r}")
+    return {"k": k, "seed": int(spec.get("seed", 0)), "include_validation": bool(spec.get("include_validation"))}
 
 
 def active(param: Param, chosen: dict[str, Any]) -> bool:

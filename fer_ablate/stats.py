@@ -59,3 +59,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
         return math.nan, math.nan
     arr = np.asarray(values, float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, sample std and a t-based confidence interval of the mean (NaN bounds for fewer than 2 values)."""
+    mean, std = mean_std(values)
+    n = len(values)
+    if n < 2:
+        return mean, std, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
+from mlflow.entities import Param
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
@@ -145,21 +146,27 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None =
         mlflow.end_run("FINISHED")
 
 
-def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None) -> str:
+def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None,
+                key_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+                use_launcher_run: bool = True) -> str:
     """The parent run of a grid or study: the launcher's run under ``mlflow run``, else the latest
-    parent of the same ``kind`` and ``name`` (reused, so a re-run resumes), else a new one."""
+    parent of the same ``kind``, ``name`` and ``key_tags`` (reused, so a re-run resumes), else a new one.
+
+    ``parent_run_id`` nests a new parent under another run (a k-fold group); ``use_launcher_run=False``
+    keeps the launcher's run for the caller (which makes it the group).
+    """
     client = MlflowClient()
-    marker = {"fer_ablate_kind": kind, "fer_ablate_name": name}
-    run_id = os.environ.get("MLFLOW_RUN_ID")
+    marker = {"fer_ablate_kind": kind, "fer_ablate_name": name, **(key_tags or {})}
+    run_id = os.environ.get("MLFLOW_RUN_ID") if use_launcher_run else None
     if not run_id:
-        found = client.search_runs(
-            [experiment_id], f"tags.fer_ablate_kind = '{kind}' and tags.fer_ablate_name = '{name}'",
-            order_by=["attributes.start_time DESC"], max_results=1)
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in marker.items())
+        found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
         else:
-            run_id = client.create_run(experiment_id, run_name=name).info.run_id
+            nest = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+            run_id = client.create_run(experiment_id, run_name=name, tags=nest).info.run_id
     for key, value in {**marker, **(tags or {})}.items():
         client.set_tag(run_id, key, value)
     return run_id
@@ -203,11 +210,23 @@ def log_parent_summary(run_id: str, metrics: dict[str, float], texts: dict[str, 
         client.log_artifact(run_id, str(path), artifact_dir)
 
 
+def _param_values(cfg: dict[str, Any]) -> dict[str, str]:
+    """Flattened config as MLflow params (lists joined with commas)."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in flatten(cfg).items()}
+
+
+def log_config_to(run_id: str, cfg: dict[str, Any]) -> None:
+    """The resolved config as params and ``config.yaml`` on a run that is not active (a k-fold parent)."""
+    params = [Param(k, v) for k, v in _param_values(cfg).items()]
+    client = MlflowClient()
+    client.log_batch(run_id, params=params)
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+
+
 def log_config(cfg: dict[str, Any]) -> str:
     """Log the resolved config as params and ``config.yaml``; return and tag its hash."""
     digest = config_hash(cfg)
-    params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flatten(cfg).items()}
-    mlflow.log_params(params)
+    mlflow.log_params(_param_values(cfg))
     mlflow.log_text(to_yaml(cfg), "config.yaml")
     mlflow.set_tags({"variant": cfg.get("variant", ""), "config_hash": digest})
     commit = git_commit()
@@ -290,7 +309,8 @@ def load_model(uri: str) -> keras.Model:
     """Load a Keras model from an MLflow model URI (``runs:/...``, ``models:/...``) or a ``.keras`` file."""
     if Path(uri).suffix == ".keras" and Path(uri).is_file():
         return keras.saving.load_model(uri)
-    mlflow.set_tracking_uri(default_tracking_uri())
+    if not mlflow.is_tracking_uri_set():  # a caller that chose a store (e.g. --tracking-uri) keeps it
+        mlflow.set_tracking_uri(default_tracking_uri())
     try:
         return mlflow.keras.load_model(uri)
     except mlflow.exceptions.MlflowException as exc:

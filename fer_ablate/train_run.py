@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from . import tracking
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .training import EPOCH_METRICS, train
 
 log = logging.getLogger(__name__)
@@ -26,18 +27,20 @@ def train_and_track(
     parent_run_id: str | None = None,
     extra_callbacks: list | None = None,
     experiment_id: str | None = None,
+    dataset: Dataset | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Train ``cfg`` as one MLflow run and return ``(run_id, final metrics)``.
 
     The tracking store is checked before any work; a crash or Ctrl-C ends the run FAILED or KILLED
     with everything logged so far. ``experiment_id`` (when known) wins over ``experiment``.
     ``extra_callbacks`` (Keras callbacks) let a driver such as the Optuna objective watch the epochs.
+    ``dataset`` (already loaded, e.g. one fold of a k-fold split) replaces loading ``cfg['data']``.
     """
     experiment_id = tracking.configure(experiment, tracking_uri, experiment_id)
     with tracking.tracked_run(experiment_id, run_name or default_run_name(cfg), tags, parent_run_id) as run:
         digest = tracking.log_config(cfg)
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
-        dataset = load_dataset(cfg["data"])
+        dataset = dataset or load_dataset(cfg["data"])
         tracking.log_dataset(dataset)
         result = train(cfg, dataset, callbacks=[tracking.EpochLogger(EPOCH_METRICS), *(extra_callbacks or [])])
         tracking.log_result(result, cfg)
@@ -45,3 +48,33 @@ def train_and_track(
                             if k.endswith(("_accuracy", "_macro_f1")))
         log.info("run %s finished: %s", run.info.run_id, summary)
     return run.info.run_id, result.metrics
+
+
+@dataclass
+class ChildOutcome:
+    """How one child run ended: its MLflow run id, success, a short detail line and its val_accuracy."""
+
+    run_id: str
+    ok: bool
+    detail: str
+    value: float | None = None
+
+
+def train_child(cfg: dict[str, Any], run_name: str, tags: dict[str, str], parent_run_id: str, experiment_id: str,
+                dataset: Dataset | None = None) -> ChildOutcome:
+    """Train one child run of a grid or k-fold parent; a training error is recorded (run FAILED with its
+    message) and returned, never raised, so the caller's loop goes on. Ctrl-C still propagates."""
+    import keras
+
+    try:
+        run_id, metrics = train_and_track(cfg, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
+                                          experiment_id=experiment_id, dataset=dataset)
+        value = metrics.get("val_accuracy")
+        return ChildOutcome(run_id, True, f"val_accuracy {value:.4f}", value)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        log.exception("run %s failed", run_name)
+        return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
+    finally:
+        keras.utils.clear_session()

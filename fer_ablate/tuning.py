@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 import optuna
 from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from . import tracking
-from .config import ConfigError, resolve_config
+from .config import ConfigError, config_hash, resolve_config
+from .data import Dataset, load_dataset
+from .folds import fold_dataset, make_folds, training_pool
 from .paths import project_root
 from .search_space import SearchSpace, active, load_space
 from .train_run import train_and_track
@@ -87,9 +90,15 @@ def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=spec.get("n_startup_trials", 5),
                                            n_warmup_steps=spec.get("n_warmup_steps", 0))
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=spec.get("min_resource", 1))
+        return optuna.pruners.HyperbandPruner(min_resource=spec.get("min_resource", 1),
+                                              reduction_factor=spec.get("reduction_factor", 3))
     if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.get("min_resource", 1))
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.get("min_resource", 1),
+                                                      reduction_factor=spec.get("reduction_factor", 4),
+                                                      bootstrap_count=spec.get("bootstrap_count", 0))
+    if kind == "wilcoxon":  # k-fold objectives: stop a trial whose folds are clearly worse than the best's
+        return optuna.pruners.WilcoxonPruner(p_threshold=spec.get("p_threshold", 0.1),
+                                             n_startup_steps=spec.get("n_startup_steps", 2))
     if kind == "threshold":  # stop any trial outside [lower, upper]: a floor under hopeless trials
         return optuna.pruners.ThresholdPruner(lower=spec.get("lower"), upper=spec.get("upper"),
                                               n_warmup_steps=spec.get("n_warmup_steps", 0))
@@ -153,8 +162,10 @@ class Objective:
         trial.set_user_attr("overrides", {k: v for k, v in overrides.items()})
         cfg = resolve_config(self.space.base, overrides)
         cfg["variant"] = f"{self.study_name}-trial{trial.number}"
-        reporter = TrialReporter(trial, self.space.metric)
         tags = tracking.child_tags(KIND, self.study_name, {"trial_number": trial.number})
+        if self.space.folds:
+            return self._cross_validate(trial, cfg, tags)
+        reporter = TrialReporter(trial, self.space.metric)
         try:
             run_id, _ = train_and_track(cfg, run_name=f"trial {trial.number}", tags=tags,
                                         parent_run_id=self.parent_run_id, experiment_id=self.experiment_id,
@@ -172,6 +183,65 @@ class Objective:
         client.set_tag(run_id, "trial_state", "COMPLETE")
         pick = max if self.space.direction == "maximize" else min
         return pick(reporter.values)
+
+    def _cross_validate(self, trial: optuna.Trial, cfg: dict[str, Any], tags: dict[str, str]) -> float:
+        """Mean of the metric over k folds: the trial's run is a parent, each fold a nested run; each fold's
+        score is reported at step = fold index so Optuna's Wilcoxon pruner can compare trials fold by fold."""
+        spec = self.space.folds
+        dataset = _load_once(cfg["data"])
+        pool = training_pool(dataset, spec["include_validation"])
+        assignment = make_folds(pool.y, spec["k"], spec["seed"], dataset.digest, spec["include_validation"])
+        client = tracking.get_client()
+        trial_run = client.create_run(self.experiment_id, run_name=f"trial {trial.number}", tags={
+            **tags, "mlflow.parentRunId": self.parent_run_id, "kfold_k": str(assignment.k),
+            "kfold_folds": assignment.digest}).info.run_id
+        trial.set_user_attr("mlflow_run_id", trial_run)
+        tracking.log_config_to(trial_run, cfg)
+        fold_tags = {**tags, "fer_ablate_kind": f"{KIND}-fold", "kfold_folds": assignment.digest}
+        scores: list[float] = []
+        # Optuna's advice for the Wilcoxon pruner: shuffle the order so early folds do not decide every trial.
+        order = np.random.default_rng(trial.number).permutation(assignment.k).tolist()
+        try:
+            for fold in order:
+                keras.utils.clear_session()
+                _, metrics = train_and_track(cfg, run_name=f"trial {trial.number} · fold {fold + 1}/{assignment.k}",
+                                             tags={**fold_tags, "fold": str(fold)}, parent_run_id=trial_run,
+                                             experiment_id=self.experiment_id,
+                                             dataset=fold_dataset(dataset, pool, assignment, fold))
+                scores.append(float(metrics[self.space.metric]))
+                client.log_metric(trial_run, f"fold{fold}_{self.space.metric}", scores[-1])
+                trial.report(scores[-1], step=fold)
+                if trial.should_prune():
+                    client.set_tag(trial_run, "trial_state", "PRUNED")
+                    tracking.end_run_by_id(trial_run, "FINISHED")
+                    raise optuna.TrialPruned(f"pruned after {len(scores)} of {assignment.k} folds")
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            client.set_tag(trial_run, "trial_state", "FAIL")
+            tracking.end_run_by_id(trial_run, "KILLED", "interrupted")
+            raise
+        except BaseException as exc:
+            client.set_tag(trial_run, "trial_state", "FAIL")
+            tracking.end_run_by_id(trial_run, "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        mean = float(np.mean(scores))
+        client.log_metric(trial_run, self.space.metric, mean)
+        client.log_metric(trial_run, f"{self.space.metric}_std", float(np.std(scores, ddof=1)))
+        client.set_tag(trial_run, "trial_state", "COMPLETE")
+        tracking.end_run_by_id(trial_run, "FINISHED")
+        return mean
+
+
+_LOADED: dict[str, Dataset] = {}
+
+
+def _load_once(data_cfg: dict[str, Any]) -> Dataset:
+    """Fold objectives load the dataset once per worker process, not once per trial."""
+    key = config_hash({"data": data_cfg})
+    if key not in _LOADED:
+        _LOADED[key] = load_dataset(data_cfg)
+    return _LOADED[key]
 
 
 def _safe_url(url: str) -> str:

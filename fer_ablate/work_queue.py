@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from .experiment_spec import Experiment, RunSpec
 
 if TYPE_CHECKING:
-    from .ablation import ChildOutcome
+    from .train_run import ChildOutcome
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10  # how often a worker proves it is alive
@@ -136,7 +136,7 @@ def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
     ``on_round`` receives the keys being run by live workers once the round is open (stale trials
     failed), so the caller can end MLflow runs orphaned by dead workers.
     """
-    from .ablation import Progress
+    from .processes import Progress
 
     storage = open_rdb_storage(storage_url)
     by_key = {key_of(spec): spec for spec in todo}
@@ -170,5 +170,5 @@ def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
             trial.set_user_attr("error", outcome.detail[:1000])
             study.tell(trial, state=TrialState.FAIL)
             failed += 1
-        log.info(progress.line(spec, outcome.ok, outcome.detail))
+        log.info(progress.line(spec.run_name, outcome.ok, outcome.detail))
     return finished, failed

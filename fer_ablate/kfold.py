@@ -1,0 +1,262 @@
+"""K-fold cross-validation as tracked runs: one parent per variant, one child run per fold, paired folds.
+
+Every variant of one invocation trains on the same fold assignment (saved as ``folds.json`` on each
+parent), so fold-by-fold differences between variants are paired. A parent is identified by its variant's
+config hash and the fold digest: running the same command again reuses it, skips folds that FINISHED and
+reruns failed or killed ones. The parent logs mean, std and a 95% t-interval of the fold scores, each fold
+model's held-out test accuracy, and the fold ensemble's (softmax averaged over the fold models).
+With ``--experiment``, a group run sits above the variant parents and receives the k-fold report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import tracking
+from .config import config_hash, flatten, resolve_config
+from .data import Dataset, load_dataset
+from .evaluation import confusion, evaluate_probabilities
+from .experiment_spec import expand, load_experiment
+from .folds import FoldAssignment, FoldError, Pool, check_matches, fold_dataset, load_folds, make_folds, training_pool
+from .plots import plot_confusion
+from .processes import Progress, run_jobs
+from .stats import mean_ci
+from .train_run import ChildOutcome, train_child
+
+log = logging.getLogger(__name__)
+KIND = "kfold"
+GROUP_KIND = "kfold-group"
+EXPERIMENT = "fer-ablate-kfold"
+SCORES = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
+
+
+@dataclass
+class Candidate:
+    """One variant to cross-validate: its label, resolved config and (for experiments) factor levels."""
+
+    label: str
+    config: dict[str, Any]
+    levels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class KFoldOutcome:
+    """What one variant's k-fold run did, and its aggregate metrics (as logged on the parent)."""
+
+    label: str
+    parent_run_id: str
+    skipped: int
+    finished: int
+    failed: int
+    metrics: dict[str, float]
+
+
+def candidates(variant: str | None, experiment: str | None, extra: dict[str, Any]) -> tuple[str, list[Candidate]]:
+    """The group name and the variants to run: one variant, or every variant (label) of an experiment
+    file at its first seed (the folds, not seeds, are the replicates here)."""
+    if experiment:
+        exp = load_experiment(experiment)
+        chosen: dict[str, Candidate] = {}
+        for spec in expand(exp, extra):
+            if spec.seed == exp.seeds[0] and spec.label not in chosen:
+                chosen[spec.label] = Candidate(spec.label, spec.config, spec.levels)
+        return exp.name, list(chosen.values())
+    name = variant or "paper"
+    return name, [Candidate(name, resolve_config(name, extra))]
+
+
+def _check_same_data(cands: list[Candidate]) -> None:
+    """Paired folds need one dataset: a variant that changes a data setting is refused."""
+    first = cands[0]
+    reference = flatten(first.config["data"])
+    for cand in cands[1:]:
+        changed = sorted(k for k, v in flatten(cand.config["data"]).items() if reference.get(k) != v)
+        if changed:
+            raise FoldError(f"variant '{cand.label}' changes data settings ({', '.join(changed)}) against "
+                            f"'{first.label}': k-fold comparisons need the same data for every variant")
+
+
+def assignment_for(pool: Pool, dataset: Dataset, k: int, seed: int, include_validation: bool,
+                   fold_file: str | None) -> FoldAssignment:
+    """A saved fold file (checked against the data) or a fresh stratified assignment."""
+    if fold_file:
+        assignment = load_folds(fold_file)
+        check_matches(assignment, pool, dataset.digest, f"fold file {fold_file}")
+        if assignment.include_validation != include_validation:
+            raise FoldError(f"fold file {fold_file} was made with include_validation={assignment.include_validation}")
+        if k and k != assignment.k:
+            log.warning("k-fold: using the fold file's %d folds (not %d)", assignment.k, k)
+        return assignment
+    return make_folds(pool.y, k, seed, dataset.digest, include_validation)
+
+
+def run_kfold(variant: str | None = "paper", experiment: str | None = None, folds: int = 5, seed: int = 0,
+              include_validation: bool = False, fold_file: str | None = None, extra: dict[str, Any] | None = None,
+              workers: int = 1, tracking_uri: str | None = None) -> list[KFoldOutcome]:
+    """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment."""
+    name, cands = candidates(variant, experiment, extra or {})
+    _check_same_data(cands)
+    dataset = load_dataset(cands[0].config["data"])
+    pool = training_pool(dataset, include_validation)
+    assignment = assignment_for(pool, dataset, folds, seed, include_validation, fold_file)
+    sizes = np.bincount(assignment.fold_of, minlength=assignment.k).tolist()
+    log.info("k-fold %s: %d variant(s) x %d folds over a pool of %d images (fold sizes %s, folds %s); "
+             "held-out test: %s", name, len(cands), assignment.k, len(pool.y), sizes, assignment.digest,
+             f"{pool.test_split} ({len(pool.test[1])} images)" if pool.test else "none")
+    experiment_id = tracking.configure(EXPERIMENT, tracking_uri)
+    group = None
+    if experiment:
+        keys = "|".join(_variant_key(c, assignment) for c in cands)
+        group = tracking.open_parent(
+            experiment_id, GROUP_KIND, name, {"kfold_k": str(assignment.k), "kfold_folds": assignment.digest},
+            key_tags={"kfold_group_key": hashlib.sha256(keys.encode()).hexdigest()[:12]})
+        tracking.log_parent_summary(group, {}, texts={"folds.json": assignment.to_json(),
+                                                      "variants.json": json.dumps([c.label for c in cands])})
+    outcomes = []
+    try:
+        for cand in cands:
+            outcomes.append(_run_variant(cand, name, group, dataset, pool, assignment, experiment_id, workers))
+    except KeyboardInterrupt:
+        if group:
+            tracking.end_run_by_id(group, "KILLED", "interrupted; run the same command again to resume")
+        raise
+    if group:
+        failed = [o.label for o in outcomes if o.failed or o.metrics.get("folds_finished", 0) < assignment.k]
+        tracking.end_run_by_id(group, "FAILED" if failed else "FINISHED",
+                               f"incomplete variants: {', '.join(failed)}; rerun to retry" if failed else None)
+    return outcomes
+
+
+def _variant_key(cand: Candidate, assignment: FoldAssignment) -> str:
+    return f"{config_hash(cand.config)}-{assignment.digest}"
+
+
+def finished_folds(experiment_id: str, label: str, key: str) -> dict[int, Any]:
+    """Latest FINISHED child run per fold of a variant's k-fold parent (key = config hash + fold digest)."""
+    found: dict[int, Any] = {}
+    for run in tracking.child_runs(experiment_id, KIND, label):  # newest first
+        if run.data.tags.get("kfold_key") == key and run.info.status == "FINISHED":
+            found.setdefault(int(run.data.tags["fold"]), run)
+    return found
+
+
+def _run_variant(cand: Candidate, group_name: str, group: str | None, dataset: Dataset, pool: Pool,
+                 assignment: FoldAssignment, experiment_id: str, workers: int) -> KFoldOutcome:
+    key = _variant_key(cand, assignment)
+    k = assignment.k
+    parent = tracking.open_parent(
+        experiment_id, KIND, cand.label, key_tags={"kfold_key": key}, parent_run_id=group,
+        use_launcher_run=group is None,
+        tags={"variant": cand.label, "config_hash": config_hash(cand.config), "kfold_k": str(k),
+              "kfold_seed": str(assignment.seed), "kfold_folds": assignment.digest, "kfold_group": group_name,
+              "kfold_group_run": group or "", "kfold_test_split": pool.test_split or "none",
+              "kfold_include_validation": str(assignment.include_validation).lower(),
+              "data_source": dataset.source, "data_digest": dataset.digest,
+              **{f"level.{f}": lvl for f, lvl in cand.levels.items()}})
+    tracking.log_config_to(parent, cand.config)
+    tracking.log_parent_summary(parent, {}, texts={"folds.json": assignment.to_json()})
+    done = finished_folds(experiment_id, cand.label, key)
+    for run in tracking.child_runs(experiment_id, KIND, cand.label):
+        if run.data.tags.get("kfold_key") == key and run.info.status == "RUNNING":
+            tracking.end_run_by_id(run.info.run_id, "KILLED", "left RUNNING by a killed k-fold run; rerun on resume")
+    todo = [fold for fold in range(k) if fold not in done]
+    log.info("k-fold %s: %d folds, %d already finished, %d to run (parent run %s)",
+             cand.label, k, len(done), len(todo), parent)
+    local = dataset if workers <= 1 else None  # a worker process loads the (cached) data itself
+    jobs = [(cand.config, cand.label, fold, assignment, experiment_id, parent, key, local) for fold in todo]
+    progress = Progress(len(todo))
+    finished = failed = 0
+    try:
+        for i, outcome, died in run_jobs(run_fold, jobs, workers):
+            if died is not None:
+                outcome = ChildOutcome("", False, f"worker died: {died}")
+            finished, failed = finished + outcome.ok, failed + (not outcome.ok)
+            log.info(progress.line(f"{cand.label} fold {todo[i] + 1}/{k}", outcome.ok, outcome.detail))
+    except KeyboardInterrupt:
+        tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume")
+        raise
+    runs = finished_folds(experiment_id, cand.label, key)
+    metrics = summarise(runs, k)
+    metrics.update(_log_ensemble(parent, runs, pool, cand.label))
+    tracking.log_parent_summary(parent, metrics, texts={"fold_runs.json": json.dumps(
+        {str(f): runs[f].info.run_id for f in sorted(runs)})})
+    complete = len(runs) == k
+    tracking.end_run_by_id(parent, "FINISHED" if complete else "FAILED",
+                           None if complete else f"{k - len(runs)} fold(s) did not finish; rerun to retry them")
+    log.info("k-fold %s: val_accuracy %s over %d folds; ensemble test accuracy %s", cand.label,
+             _pct(metrics, "val_accuracy"), len(runs), f"{metrics['ensemble_test_accuracy']:.4f}"
+             if "ensemble_test_accuracy" in metrics else "n/a")
+    return KFoldOutcome(cand.label, parent, len(done), finished, failed, metrics)
+
+
+def _pct(metrics: dict[str, float], key: str) -> str:
+    if f"{key}_mean" not in metrics:
+        return "n/a"
+    return f"{100 * metrics[f'{key}_mean']:.2f} ± {100 * metrics[f'{key}_std']:.2f}%"
+
+
+def run_fold(cfg: dict[str, Any], label: str, fold: int, assignment: FoldAssignment, experiment_id: str,
+             parent: str, key: str, dataset: Dataset | None = None) -> ChildOutcome:
+    """Train one fold as a child run (here or in a worker process); errors are recorded, not raised."""
+    try:
+        dataset = dataset or load_dataset(cfg["data"])
+        pool = training_pool(dataset, assignment.include_validation)
+        check_matches(assignment, pool, dataset.digest, "the fold assignment")
+        fold_data = fold_dataset(dataset, pool, assignment, fold)
+    except Exception as exc:
+        log.exception("fold %d of %s: data", fold, label)
+        return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
+    tags = tracking.child_tags(KIND, label, {"kfold_key": key, "fold": fold, "kfold_k": assignment.k,
+                                             "kfold_folds": assignment.digest})
+    return train_child(cfg, f"{label} · fold {fold + 1}/{assignment.k}", tags, parent, experiment_id, fold_data)
+
+
+def summarise(runs: dict[int, Any], k: int) -> dict[str, float]:
+    """Aggregate metrics of the finished folds: mean, std, 95% CI, and each fold's score."""
+    metrics: dict[str, float] = {"folds": k, "folds_finished": len(runs)}
+    for key in SCORES:
+        per_fold = {f: runs[f].data.metrics[key] for f in sorted(runs) if key in runs[f].data.metrics}
+        if not per_fold:
+            continue
+        mean, std, low, high = mean_ci(list(per_fold.values()))
+        metrics |= {f"{key}_mean": mean, f"{key}_std": std}
+        if not math.isnan(low):
+            metrics |= {f"{key}_ci95_low": low, f"{key}_ci95_high": high}
+        metrics |= {f"fold{f}_{key}": v for f, v in per_fold.items()}
+    return metrics
+
+
+def ensemble_probabilities(run_ids: list[str], x: np.ndarray) -> np.ndarray:
+    """Softmax averaged over the fold models (loaded from their runs) for raw 0-255 faces ``x``."""
+    total = None
+    for run_id in run_ids:
+        model = tracking.load_model(f"runs:/{run_id}/{tracking.MODEL_NAME}")
+        probs = model.predict(x.astype(np.float32)[..., None], batch_size=256, verbose=0)
+        total = probs if total is None else total + probs
+    return total / len(run_ids)
+
+
+def _log_ensemble(parent: str, runs: dict[int, Any], pool: Pool, label: str) -> dict[str, float]:
+    """Evaluate the fold ensemble on the held-out set; log its confusion matrix to the parent."""
+    if pool.test is None or not runs:
+        return {}
+    x, y = pool.test
+    probs = ensemble_probabilities([runs[f].info.run_id for f in sorted(runs)], x)
+    scores = evaluate_probabilities(y, probs)
+    matrix = confusion(y, probs)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_confusion(matrix, f"{label}: {len(runs)}-fold ensemble on {pool.test_split}",
+                             Path(tmp) / "confusion_ensemble.png")
+        tracking.log_parent_summary(parent, {}, texts={"metrics/confusion_ensemble.json": json.dumps(
+            {"matrix": matrix.tolist(), "split": pool.test_split})}, files=[png], artifact_dir="plots")
+    return {"ensemble_test_accuracy": scores["accuracy"], "ensemble_test_macro_f1": scores["macro_f1"],
+            "ensemble_members": len(runs)}

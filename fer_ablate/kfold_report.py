@@ -1,0 +1,204 @@
+"""``fer-ablate report --kfold``: per-fold scores of each variant and paired tests between variants.
+
+Built from tracked runs only: a k-fold group run (``kfold --experiment``) and its variant parents, or one
+variant's parent. Fold ``i`` of every variant holds the same images (same fold digest), so differences are
+paired fold by fold: paired t-test, Wilcoxon signed-rank, Cohen's dz, 95% CI and a plain sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from . import tracking  # noqa: E402
+from .kfold import GROUP_KIND, KIND  # noqa: E402
+from .paths import project_root  # noqa: E402
+from .reporting import finish_plot, html_page  # noqa: E402
+from .stats import PairedEffect, mean_ci, paired_effect  # noqa: E402
+
+ALL_PAIRS_UP_TO = 5  # more variants than this: each against the base only (n^2 pairs stop being readable)
+
+
+@dataclass
+class FoldScores:
+    """One variant's k-fold parent: fold index -> score, for each metric, plus the ensemble's test score."""
+
+    label: str
+    run_id: str
+    folds_digest: str
+    k: int
+    scores: dict[str, dict[int, float]]
+    ensemble: float | None
+
+    @classmethod
+    def from_run(cls, run: Any) -> FoldScores:
+        """Read the per-fold metrics (``fold<i>_<metric>``) a k-fold parent logged."""
+        scores: dict[str, dict[int, float]] = {}
+        for key, value in run.data.metrics.items():
+            match = re.fullmatch(r"fold(\d+)_(\w+)", key)
+            if match:
+                scores.setdefault(match.group(2), {})[int(match.group(1))] = value
+        tags = run.data.tags
+        return cls(tags.get("fer_ablate_name", run.info.run_name), run.info.run_id, tags.get("kfold_folds", ""),
+                   int(tags.get("kfold_k", 0)), scores, run.data.metrics.get("ensemble_test_accuracy"))
+
+
+def collect(target: str, tracking_uri: str | None = None) -> tuple[str, str, list[FoldScores]]:
+    """(title, run to log the report to, variants) for a group or variant parent run id, or a name."""
+    tracking.use_store(tracking_uri)
+    client = tracking.get_client()
+    all_experiments = [e.experiment_id for e in client.search_experiments()]
+    if re.fullmatch(r"[0-9a-f]{32}", target):
+        run = client.get_run(target)
+        kind = run.data.tags.get("fer_ablate_kind")
+        if kind not in (KIND, GROUP_KIND):
+            raise tracking.TrackingError(f"run {target} is not a k-fold parent or group run (kind {kind!r})")
+    else:
+        run = None
+        for kind in (GROUP_KIND, KIND):
+            found = client.search_runs(all_experiments, f"tags.fer_ablate_kind = '{kind}' and "
+                                       f"tags.fer_ablate_name = '{target}'", order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+            if found:
+                run = found[0]
+                break
+        if run is None:
+            raise tracking.TrackingError(f"no k-fold run named '{target}' in {tracking.mlflow.get_tracking_uri()}; "
+                                         f"run: fer-ablate kfold --variant {target} (or --experiment {target})")
+    name = run.data.tags.get("fer_ablate_name", target)
+    if run.data.tags.get("fer_ablate_kind") == KIND:
+        return name, run.info.run_id, [FoldScores.from_run(run)]
+    members = client.search_runs([run.info.experiment_id], f"tags.kfold_group_run = '{run.info.run_id}'",
+                                 order_by=["attributes.start_time ASC"])
+    by_label: dict[str, FoldScores] = {}
+    for member in members:  # oldest first: a later parent of the same label (other settings) wins
+        scores = FoldScores.from_run(member)
+        by_label.pop(scores.label, None)
+        by_label[scores.label] = scores
+    return name, run.info.run_id, list(by_label.values())
+
+
+def pairs(variants: list[FoldScores]) -> list[tuple[FoldScores, FoldScores]]:
+    """Every pair of variants when there are few, else each variant against the first (the base)."""
+    if len(variants) <= ALL_PAIRS_UP_TO:
+        return [(b, a) for a, b in combinations(variants, 2)]
+    return [(v, variants[0]) for v in variants[1:]]
+
+
+def fold_effect(a: FoldScores, b: FoldScores, metric: str = "val_accuracy") -> PairedEffect | None:
+    """Paired effect of ``a`` against ``b`` over their common folds; None when the folds differ."""
+    if a.folds_digest != b.folds_digest:
+        return None
+    x, y = a.scores.get(metric, {}), b.scores.get(metric, {})
+    common = sorted(set(x) & set(y))
+    return paired_effect([x[f] for f in common], [y[f] for f in common])
+
+
+def _summary_rows(variants: list[FoldScores]) -> list[str]:
+    rows = ["| variant | folds | val acc % (mean ± std) | 95% CI | val macro-F1 % | test acc % (fold models) | "
+            "test acc % (fold ensemble) |", "|" + "---|" * 7]
+    for v in variants:
+        mean, std, low, high = mean_ci(list(v.scores.get("val_accuracy", {}).values()))
+        f1 = mean_ci(list(v.scores.get("val_macro_f1", {}).values()))
+        test = mean_ci(list(v.scores.get("test_accuracy", {}).values()))
+        ci = "—" if math.isnan(low) else f"[{100 * low:.1f}, {100 * high:.1f}]"
+        ens = "—" if v.ensemble is None else f"{100 * v.ensemble:.1f}"
+        rows.append(f"| {v.label} | {len(v.scores.get('val_accuracy', {}))}/{v.k} | {_pm(mean, std)} | {ci} | "
+                    f"{_pm(*f1[:2])} | {_pm(*test[:2])} | {ens} |")
+    return rows
+
+
+def _pm(mean: float, std: float) -> str:
+    return "—" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _effect_rows(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None]]) -> list[str]:
+    rows = ["| variant | against | folds | difference (points) | 95% CI | paired t p | Wilcoxon p | Cohen's dz |",
+            "|" + "---|" * 8]
+    for a, b, e in effects:
+        if e is None:
+            rows.append(f"| {a.label} | {b.label} | — | not paired: different fold assignments | | | | |")
+            continue
+        rows.append(f"| {a.label} | {b.label} | {e.n} | {100 * e.mean_diff:+.2f} | [{100 * e.ci_low:+.2f}, "
+                    f"{100 * e.ci_high:+.2f}] | {e.t_pvalue:.3g} | {e.wilcoxon_pvalue:.3g} | {e.cohens_dz:.2f} |")
+    return rows
+
+
+def _plot_folds(variants: list[FoldScores], path: Path) -> Path:
+    """Per-fold points, mean bar with 95% CI, and the ensemble's test accuracy, against 66% and 71.2%."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(variants)), 4.2))
+    for i, v in enumerate(variants):
+        folds = v.scores.get("val_accuracy", {})
+        if not folds:
+            continue
+        mean, _, low, high = mean_ci(list(folds.values()))
+        ax.bar(i, mean, width=0.55, color="C0", alpha=0.35, label="mean val acc (95% CI)" if i == 0 else None)
+        if not math.isnan(low):
+            ax.errorbar(i, mean, yerr=[[mean - low], [high - mean]], color="C0", capsize=5)
+        ax.scatter([i] * len(folds), list(folds.values()), color="C0", s=16, zorder=3,
+                   label="fold val acc" if i == 0 else None)
+        if v.ensemble is not None:
+            ax.scatter([i + 0.3], [v.ensemble], marker="*", color="C3", s=90, zorder=3,
+                       label="fold ensemble, test" if i == 0 else None)
+    ax.set_xticks(range(len(variants)), [v.label for v in variants], rotation=30, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_title("k-fold validation accuracy per variant")
+    lows = [min(v.scores.get("val_accuracy", {0: 0.0}).values()) for v in variants]
+    ax.set_ylim(max(0.0, min(lows) - 0.05), 0.8)
+    return finish_plot(fig, ax, path)
+
+
+def _plot_differences(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None]], path: Path) -> Path:
+    """Fold-by-fold differences of each pair with the mean and its 95% CI; zero line = no effect."""
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.5 * len(effects) + 1)))
+    for i, (a, b, e) in enumerate(effects):
+        if e is None:
+            continue
+        x, y = a.scores.get("val_accuracy", {}), b.scores.get("val_accuracy", {})
+        diffs = [100 * (x[f] - y[f]) for f in sorted(set(x) & set(y))]
+        ax.scatter(diffs, [i] * len(diffs), color="C0", s=14, alpha=0.6)
+        if not math.isnan(e.ci_low):
+            spread = [[100 * (e.mean_diff - e.ci_low)], [100 * (e.ci_high - e.mean_diff)]]
+            ax.errorbar(100 * e.mean_diff, i, xerr=spread, fmt="o", color="C3", capsize=4)
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(effects)), [f"{a.label} vs {b.label}" for a, b, _ in effects])
+    ax.set_xlabel("difference in validation accuracy (points): dots = folds, red = mean and 95% CI")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_uri: str | None = None) -> Path:
+    """Write report.md, report.html and PNGs for a k-fold group or variant, and log them to its run."""
+    name, run_id, variants = collect(target, tracking_uri)
+    folder = Path(out_dir) if out_dir else project_root() / "reports" / f"kfold-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    effects = [(a, b, fold_effect(a, b)) for a, b in pairs(variants)]
+    images = [_plot_folds(variants, folder / "kfold_accuracy.png")]
+    if effects:
+        images.append(_plot_differences(effects, folder / "kfold_differences.png"))
+    lines = [f"# K-fold report: {name}", "",
+             f"{variants[0].k} folds, fold assignment {variants[0].folds_digest}; reference lines: 66% (the paper) "
+             "and 71.2% (Tang 2013, FER2013 winner). Test = the held-out split no fold trains on.", "",
+             *_summary_rows(variants)]
+    if effects:
+        lines += ["", "## Differences in validation accuracy (paired by fold)", "", *_effect_rows(effects), ""]
+        lines += [f"- {e.sentence(a.label, b.label, 'folds')}" for a, b, e in effects if e is not None]
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in images]
+    markdown_text = "\n".join(lines) + "\n"
+    (folder / "report.md").write_text(markdown_text)
+    (folder / "report.html").write_text(html_page(markdown_text, images))
+    tracking.log_parent_summary(run_id, {}, files=[folder / "report.md", folder / "report.html", *images],
+                                artifact_dir="report")
+    return folder
