@@ -172,6 +172,33 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Register a run's model (as a photo model) and move the alias to it."""
+    from .registry import promote
+
+    version = promote(args.run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
+    print(f"registered {args.name} version {version.version}; models:/{args.name}@{args.alias} -> version "
+          f"{version.version}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Faces and emotions in photos, folders and videos."""
+    from .predict import predict_paths
+    from .registry import load_classifier
+
+    classifier = load_classifier(args.model, tta=args.tta, equalize=args.equalize, tracking_uri=args.tracking_uri)
+    records = predict_paths(classifier, args.inputs, out_dir=args.out, every=args.every, crops=args.crops,
+                            fmt=args.format)
+    if args.out:
+        faces = sum(r["face"] is not None for r in records)
+        print(f"{faces} face(s) in {len({r['file'] for r in records})} file(s): {args.out}/predictions.{args.format}")
+    else:
+        for record in records:
+            print(json.dumps(record))
+    return 0 if all(not str(r["message"]).startswith("error") for r in records) else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered model builders."""
     from .models import list_models
@@ -270,6 +297,26 @@ def build_parser() -> argparse.ArgumentParser:
     tune_report.add_argument("--storage", default=None)
     tune_report.add_argument("--tracking-uri", default=None)
     tune_report.set_defaults(func=cmd_tune_report)
+
+    promote = sub.add_parser("promote", help="register a run's model and point the 'champion' alias at it")
+    promote.add_argument("run_id")
+    promote.add_argument("--name", default="fer-ablate", help="registered model name")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--tracking-uri", default=None)
+    promote.set_defaults(func=cmd_promote)
+
+    predict = sub.add_parser("predict", help="faces and emotions in photos, folders and videos")
+    predict.add_argument("inputs", nargs="+", help="images, videos or folders of them")
+    predict.add_argument("--model", default="models:/fer-ablate@champion",
+                         help="models:/NAME@ALIAS, runs:/ID/model or a .keras file")
+    predict.add_argument("--out", default=None, help="folder for predictions, annotated images and timelines")
+    predict.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    predict.add_argument("--every", type=int, default=5, help="videos: one frame in N")
+    predict.add_argument("--crops", action="store_true", help="the images already are face crops")
+    predict.add_argument("--tta", action="store_true", help="average with the mirrored face")
+    predict.add_argument("--equalize", action="store_true", help="histogram-equalise each face crop")
+    predict.add_argument("--tracking-uri", default=None)
+    predict.set_defaults(func=cmd_predict)
 
     models = sub.add_parser("models", help="list registered model builders")
     models.add_argument("pattern", nargs="?", default="*")

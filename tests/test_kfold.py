@@ -171,3 +171,13 @@ def test_tuning_objective_as_mean_over_folds(tmp_path):
     study = optuna.load_study(study_name="kfold_objective", storage=storage)
     for trial in study.trials:  # one intermediate value per fold, at step = fold index
         assert set(trial.intermediate_values) <= {0, 1, 2} and len(trial.intermediate_values) >= 2
+
+
+def test_private_test_never_enters_a_fold(fer_csv):
+    cfg = resolve_config("paper", {"data.source": str(fer_csv)})
+    dataset = load_dataset(cfg["data"])
+    pool = training_pool(dataset, include_validation=False)
+    assert (len(pool.y), pool.test_split, len(pool.test[1])) == (42, "test", 14)  # Training folds, PrivateTest held
+    pooled = training_pool(dataset, include_validation=True)
+    assert (len(pooled.y), pooled.test_split) == (56, "test")  # Training + PublicTest folded
+    assert make_folds(pooled.y, 3, 0).k == 3

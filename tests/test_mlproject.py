@@ -28,3 +28,17 @@ def test_parameters_are_typed():
 def test_commands_call_the_cli():
     for entry in SPEC["entry_points"].values():
         assert entry["command"].startswith("python -m fer_ablate.cli ")
+
+
+def test_commands_with_defaults_parse():
+    """What `mlflow run -e NAME` would execute (defaults filled in, numbers as floats) is a valid command line."""
+    import shlex
+
+    from fer_ablate.cli import build_parser
+
+    for name, entry in SPEC["entry_points"].items():
+        values = {p: spec.get("default", "x") for p, spec in entry.get("parameters", {}).items()}
+        values = {p: (float(v) if entry["parameters"][p]["type"] == "float" else v) for p, v in values.items()}
+        argv = shlex.split(entry["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()}))[3:]
+        args = build_parser().parse_args(argv)
+        assert args.command == argv[0], name

@@ -1,0 +1,129 @@
+"""Faces in ordinary photos: decode, detect (OpenCV's Haar cascade, shipped in the opencv wheel), crop.
+
+Crop geometry matches FER2013's: measured on 600 PublicTest faces upscaled x4 and padded, the Haar box
+covers the 48x48 frame almost exactly (median box 0.964 of the frame side, centred within 1.6%; see
+``benchmarks/crop_geometry.py``). So a face crop is the detected box, squared, centred, enlarged by
+``CROP_SCALE`` = 1/0.964, taken from the grey image (edge pixels repeated past the border), and resized to
+48x48. Padding the photo and widening the box, as the PyPI ``fer`` package does, puts hair and background
+into a frame the model never saw in training.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import IMAGE_SIZE, DataError
+
+CROP_SCALE = 1.0 / 0.964  # frame side / Haar box side on FER2013 faces (benchmarks/crop_geometry.py)
+MAX_PIXELS = 40_000_000  # a larger decoded image is refused: a decompression bomb or a mistake
+CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class ImageError(DataError):
+    """An image that cannot be used: not an image, corrupt, empty or too large; the message says which."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in image pixels (x, y = top-left corner)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def as_list(self) -> list[int]:
+        """``[x, y, w, h]`` for JSON."""
+        return [self.x, self.y, self.w, self.h]
+
+
+def _cv2():
+    import cv2  # imported late: only prediction needs OpenCV
+
+    if not hasattr(cv2, "CascadeClassifier"):  # opencv-python-headless 5.x dropped it and the cascade files
+        raise ImportError(f"OpenCV {cv2.__version__} has no CascadeClassifier: install opencv-python-headless<5")
+    return cv2
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Grey ``uint8 [h, w]`` from encoded bytes (JPEG, PNG, BMP, TIFF, WebP...); ImageError when unusable."""
+    cv2 = _cv2()
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    header = np.frombuffer(data, np.uint8)
+    # Check the pixel count before decoding the pixels: a small file can declare an enormous image.
+    try:
+        import PIL.Image
+
+        with PIL.Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except Exception:  # noqa: BLE001 - PIL does not know every format OpenCV does; decode decides then
+        width = height = 0
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit")
+    grey = cv2.imdecode(header, cv2.IMREAD_GRAYSCALE)
+    if grey is None or grey.size == 0:
+        raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
+    if grey.size > MAX_PIXELS:
+        raise ImageError(f"{name}: {grey.shape[1]}x{grey.shape[0]} pixels is over the {MAX_PIXELS:,} pixel limit")
+    return grey
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Grey image from a file; ImageError names the file when it is missing or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImageError(f"{path}: {exc.strerror or exc}") from exc
+    return decode_image(data, str(path))
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade; boxes sorted left to right."""
+
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30):
+        cv2 = _cv2()
+        self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, CASCADE))
+        if self.cascade.empty():
+            raise ImportError(f"the OpenCV wheel has no {CASCADE}: install opencv-python-headless<5")
+        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+
+    def detect(self, grey: np.ndarray) -> list[Box]:
+        """Face boxes in a grey image (possibly none)."""
+        found = self.cascade.detectMultiScale(grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                                              minSize=(self.min_size, self.min_size))
+        return sorted((Box(*map(int, b)) for b in found), key=lambda b: (b.x, b.y))
+
+
+def crop_box(box: Box, scale: float = CROP_SCALE) -> Box:
+    """The square frame around a detected box that FER2013's crops correspond to."""
+    side = max(box.w, box.h) * scale
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    return Box(int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(side)), int(round(side)))
+
+
+def crop_face(grey: np.ndarray, box: Box, scale: float = CROP_SCALE, equalize: bool = False) -> np.ndarray:
+    """A ``uint8 [48, 48]`` face crop: frame around ``box``, edge pixels repeated past the image border."""
+    cv2 = _cv2()
+    frame = crop_box(box, scale)
+    pad = max(0, -frame.x, -frame.y, frame.x + frame.w - grey.shape[1], frame.y + frame.h - grey.shape[0])
+    source = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else grey
+    patch = source[frame.y + pad: frame.y + pad + frame.h, frame.x + pad: frame.x + pad + frame.w]
+    # INTER_AREA when shrinking (the usual case) avoids aliasing; cubic when a tiny face is enlarged.
+    method = cv2.INTER_AREA if frame.w >= IMAGE_SIZE else cv2.INTER_CUBIC
+    face = cv2.resize(patch, (IMAGE_SIZE, IMAGE_SIZE), interpolation=method)
+    return cv2.equalizeHist(face) if equalize else face
+
+
+def as_crop(grey: np.ndarray) -> np.ndarray:
+    """An image that already is a face crop (``--crops``): resized to 48x48 as a whole."""
+    cv2 = _cv2()
+    if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
+        return grey
+    method = cv2.INTER_AREA if min(grey.shape) >= IMAGE_SIZE else cv2.INTER_CUBIC
+    return cv2.resize(grey, (IMAGE_SIZE, IMAGE_SIZE), interpolation=method)

@@ -1,0 +1,150 @@
+"""A trained model applied to whole photos: detect faces, crop them like FER2013, classify each one.
+
+``FaceClassifier`` is the one implementation; ``fer-ablate predict`` uses it in-process and the MLflow
+pyfunc ``PhotoModel`` (what ``promote`` registers and ``mlflow models serve`` serves) wraps it, so the CLI
+and the REST endpoint give the same labels for the same image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from .data import CLASS_NAMES, IMAGE_SIZE
+from .faces import Box, FaceDetector, ImageError, as_crop, crop_face, decode_image
+
+log = logging.getLogger(__name__)
+PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
+OUTPUT_COLUMNS = ["row", "face", "x", "y", "w", "h", "label", "score", *PROB_COLUMNS, "message"]
+
+
+@dataclass
+class FacePrediction:
+    """One face: its box in the photo (None for a crop), the top label and all 7 probabilities."""
+
+    box: Box | None
+    probabilities: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return CLASS_NAMES[int(np.argmax(self.probabilities))]
+
+    def top(self, n: int = 3) -> list[tuple[str, float]]:
+        """The ``n`` most probable labels with their probabilities."""
+        order = np.argsort(self.probabilities)[::-1][:n]
+        return [(CLASS_NAMES[i], float(self.probabilities[i])) for i in order]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: box, label, score and every class's probability."""
+        return {"box": self.box.as_list() if self.box else None, "label": self.label,
+                "score": float(self.probabilities.max()),
+                "probabilities": {name: round(float(p), 6) for name, p in zip(CLASS_NAMES, self.probabilities,
+                                                                               strict=True)}}
+
+
+class FaceClassifier:
+    """A Keras FER model (raw 0-255 ``[n, 48, 48, 1]`` in, 7 softmax probabilities out) plus a face detector."""
+
+    def __init__(self, model: Any, tta: bool = False, equalize: bool = False, detector: FaceDetector | None = None):
+        self.model, self.tta, self.equalize = model, tta, equalize
+        self.detector = detector or FaceDetector()
+
+    def classify_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Probabilities ``[n, 7]`` for ``uint8 [n, 48, 48]`` crops; with TTA, averaged with the mirrored crops."""
+        if len(crops) == 0:
+            return np.zeros((0, len(CLASS_NAMES)), np.float32)
+        x = crops.astype(np.float32)[..., None]
+        probs = self.model.predict(x, batch_size=256, verbose=0)
+        if self.tta:  # faces are left-right symmetric in meaning: a cheap second opinion
+            probs = (probs + self.model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+        return np.asarray(probs)
+
+    def analyse(self, grey: np.ndarray, crops_mode: bool = False) -> list[FacePrediction]:
+        """Every face in a grey photo (or the whole image as one face in ``crops_mode``); [] when none."""
+        if crops_mode:
+            return [FacePrediction(None, self.classify_crops(as_crop(grey)[None])[0])]
+        boxes = self.detector.detect(grey)
+        crops = np.stack([crop_face(grey, b, equalize=self.equalize) for b in boxes]) if boxes else \
+            np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        return [FacePrediction(b, p) for b, p in zip(boxes, self.classify_crops(crops), strict=True)]
+
+
+def _decode_record(record: dict[str, Any], row: int) -> np.ndarray:
+    """The grey image of one request row: ``image`` (base64 of an encoded image) or ``pixels`` (FER2013 style)."""
+    image, pixels = record.get("image"), record.get("pixels")
+    if isinstance(image, str) and image:
+        try:
+            data = base64.b64decode(image, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError(f"row {row}: 'image' is not base64") from None
+        return decode_image(data, f"row {row}")
+    if isinstance(pixels, str) and pixels:
+        try:
+            values = np.array(pixels.split(), dtype=np.int64)
+        except ValueError:
+            raise ImageError(f"row {row}: 'pixels' must be space-separated integers") from None
+        if values.size != IMAGE_SIZE * IMAGE_SIZE or values.min() < 0 or values.max() > 255:
+            raise ImageError(f"row {row}: 'pixels' needs {IMAGE_SIZE * IMAGE_SIZE} values in 0..255, got "
+                             f"{values.size}")
+        return values.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+    raise ImageError(f"row {row}: give 'image' (base64 of a JPEG/PNG) or 'pixels' (2304 grey values)")
+
+
+def predictions_frame(classifier: FaceClassifier, frame: pd.DataFrame, crops: bool = False) -> pd.DataFrame:
+    """One output row per face found (or per crop), a message row for an image with no face or a bad one.
+
+    Raises ImageError when no row at all could be read (the whole request is bad: HTTP 400 when served).
+    """
+    rows: list[dict[str, Any]] = []
+    errors = []
+    for i, record in enumerate(frame.to_dict("records")):
+        try:
+            grey = _decode_record(record, i)
+        except ImageError as exc:
+            errors.append(str(exc))
+            rows.append({"row": i, "face": -1, "message": str(exc)})
+            continue
+        # A pixels row is a FER2013 crop by definition; an image is a photo unless crops mode is asked for.
+        faces = classifier.analyse(grey, crops_mode=crops or not record.get("image"))
+        if not faces:
+            rows.append({"row": i, "face": -1, "message": "no face found"})
+        for j, face in enumerate(faces):
+            box = face.box.as_list() if face.box else [0, 0, grey.shape[1], grey.shape[0]]
+            rows.append({"row": i, "face": j, **dict(zip("xywh", box, strict=True)), "label": face.label,
+                         "score": float(face.probabilities.max()), "message": "",
+                         **{c: float(p) for c, p in zip(PROB_COLUMNS, face.probabilities, strict=True)}})
+    if frame.shape[0] and len(errors) == frame.shape[0]:
+        raise ImageError("; ".join(errors[:5]))
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+class PhotoModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: a DataFrame of images (``image`` base64 or ``pixels``) in, one row per face out.
+
+    Params: ``tta`` (mirror averaging), ``crops`` (images are face crops already). A request whose rows
+    are all unreadable is answered HTTP 400 with the reason; other rows carry their own ``message``.
+    """
+
+    def load_context(self, context: Any) -> None:
+        import keras
+
+        self.classifier = FaceClassifier(keras.saving.load_model(context.artifacts["keras_model"], compile=False))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        params = params or {}
+        self.classifier.tta = bool(params.get("tta", False))
+        try:
+            return predictions_frame(self.classifier, model_input, crops=bool(params.get("crops", False)))
+        except ImageError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc

@@ -1,0 +1,233 @@
+"""Real photos (scikit-image's astronaut, composed into scenes), OpenCV detection, crops, predict, registry,
+and the photo model served for real by ``mlflow models serve`` over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REAL_FER2013, TINY
+from mlflow.tracking import MlflowClient
+from skimage import data as skdata
+
+from fer_ablate.config import resolve_config
+from fer_ablate.faces import Box, FaceDetector, ImageError, crop_box, crop_face, decode_image
+from fer_ablate.predict import predict_paths
+from fer_ablate.registry import DEFAULT_MODEL_URI, load_classifier, promote
+from fer_ablate.tracking import TrackingError
+from fer_ablate.train_run import train_and_track
+
+ASTRONAUT_FACE = Box(177, 66, 95, 95)  # where Haar finds Eileen Collins' face in skimage's astronaut (512x512)
+
+
+def _iou(a: Box, b: Box) -> float:
+    x1, y1 = max(a.x, b.x), max(a.y, b.y)
+    x2, y2 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    inter = max(0, x2 - x1) * max(0, y2 - y1)
+    return inter / (a.w * a.h + b.w * b.h - inter)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """astronaut.jpg, a two-face scene (one copy mirrored and smaller), a faceless photo, a corrupt file."""
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut = skdata.astronaut()[:, :, ::-1]  # RGB -> BGR for OpenCV
+    scene = np.full((560, 1100, 3), 235, np.uint8)
+    scene[20:532, 20:532] = astronaut
+    small = cv2.resize(astronaut[:, ::-1], (410, 410), interpolation=cv2.INTER_AREA)
+    scene[120:530, 640:1050] = small
+    paths = {"astronaut": folder / "astronaut.jpg", "scene": folder / "scene.png", "empty": folder / "coffee.jpg",
+             "corrupt": folder / "corrupt.jpg"}
+    cv2.imwrite(str(paths["astronaut"]), astronaut)
+    cv2.imwrite(str(paths["scene"]), scene)
+    cv2.imwrite(str(paths["empty"]), skdata.coffee()[:, :, ::-1])
+    paths["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    return paths
+
+
+def test_faces_found_at_the_right_places(photos):
+    detector = FaceDetector()
+    [face] = detector.detect(cv2.imread(str(photos["astronaut"]), cv2.IMREAD_GRAYSCALE))
+    assert _iou(face, ASTRONAUT_FACE) > 0.8
+    boxes = detector.detect(cv2.imread(str(photos["scene"]), cv2.IMREAD_GRAYSCALE))
+    assert len(boxes) == 2
+    # Expected: the original at offset (20, 20); the mirrored copy scaled by 410/512 at offset (640, 120).
+    first = Box(ASTRONAUT_FACE.x + 20, ASTRONAUT_FACE.y + 20, 95, 95)
+    s = 410 / 512
+    mirrored_x = 512 - ASTRONAUT_FACE.x - ASTRONAUT_FACE.w
+    second = Box(round(640 + s * mirrored_x), round(120 + s * ASTRONAUT_FACE.y), round(s * 95), round(s * 95))
+    assert _iou(boxes[0], first) > 0.7 and _iou(boxes[1], second) > 0.7
+    assert detector.detect(cv2.imread(str(photos["empty"]), cv2.IMREAD_GRAYSCALE)) == []
+
+
+def _embed_as_training_face(face48: np.ndarray, scale: int = 4) -> tuple[np.ndarray, Box]:
+    """A 48x48 face enlarged and set in a larger picture (edges continued): where its frame lies is known."""
+    side = 48 * scale
+    big = cv2.resize(face48, (side, side), interpolation=cv2.INTER_CUBIC)
+    pad = side // 2
+    return cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE), Box(pad, pad, side, side)
+
+
+def _recovery(faces: np.ndarray, box_scale: float | None = None) -> tuple[float, list[float]]:
+    """Detection rate and IoUs between the crop frame we would take and the true frame of each face."""
+    detector = FaceDetector()
+    ious = []
+    for face in faces:
+        picture, truth = _embed_as_training_face(face)
+        boxes = detector.detect(picture)
+        if boxes:
+            box = max(boxes, key=lambda b: b.w * b.h)
+            ious.append(_iou(crop_box(box) if box_scale is None else crop_box(box, box_scale), truth))
+    return len(ious) / len(faces), ious
+
+
+def test_crop_geometry_reproduces_a_tight_face_crop(photos):
+    """A FER2013-style crop of a real face, shown enlarged in a bigger picture, is cropped back to itself."""
+    grey = cv2.imread(str(photos["astronaut"]), cv2.IMREAD_GRAYSCALE)
+    [face] = FaceDetector().detect(grey)
+    tight = crop_face(grey, face)
+    picture, truth = _embed_as_training_face(tight)
+    [found] = FaceDetector().detect(picture)
+    assert _iou(crop_box(found), truth) > 0.85
+    again = crop_face(picture, found)
+    assert np.abs(again.astype(int) - tight.astype(int)).mean() < 12  # grey levels
+    # The padded-and-widened crop of the `fer` package (about 1.6x the box here) puts the face elsewhere.
+    assert _iou(crop_box(found, 1.6), truth) < 0.5
+
+
+@pytest.mark.skipif(not REAL_FER2013.exists(), reason=f"real FER2013 not found at {REAL_FER2013}")
+def test_crop_geometry_matches_real_fer2013_faces():
+    from fer_ablate.data import load_dataset
+
+    cfg = resolve_config("paper", {"data.source": str(REAL_FER2013)})
+    faces = load_dataset(cfg["data"]).splits["validation"][0][:300]
+    rate, ious = _recovery(faces)
+    assert rate > 0.6 and np.median(ious) > 0.85, (rate, np.median(ious))
+
+
+def test_bad_images_give_clear_errors(tmp_path):
+    with pytest.raises(ImageError, match="empty file"):
+        decode_image(b"", "a.jpg")
+    with pytest.raises(ImageError, match="not a readable image"):
+        decode_image(b"GIF89a nonsense", "b.gif")
+    ok, huge = cv2.imencode(".png", np.zeros((7000, 7000), np.uint8))  # 49 M pixels in ~50 kB of PNG
+    with pytest.raises(ImageError, match="over the 40,000,000 pixel limit"):
+        decode_image(huge.tobytes(), "bomb.png")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, payload: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=payload, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def trained_run() -> str:
+    cfg = resolve_config("paper", {**TINY, "data.source": "synthetic"})
+    run_id, _ = train_and_track(cfg, experiment="photos")
+    return run_id
+
+
+def test_predict_needs_a_registered_model_first():
+    with pytest.raises(TrackingError, match="fer-ablate promote RUN_ID"):
+        load_classifier("models:/nothing-registered@champion")
+
+
+def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
+    client = MlflowClient()
+    first = promote(trained_run)
+    second = promote(trained_run)  # a newer version takes the alias
+    assert int(second.version) == int(first.version) + 1
+    assert client.get_model_version_by_alias("fer-ablate", "champion").version == second.version
+
+    classifier = load_classifier(DEFAULT_MODEL_URI)
+    out = tmp_path / "out"
+    records = predict_paths(classifier, [str(p) for p in photos.values()], out_dir=out)
+    by_file = {}
+    for r in records:
+        by_file.setdefault(Path(r["file"]).stem, []).append(r)
+    assert [r["face"] for r in by_file["scene"]] == [0, 1]
+    assert all(len(r["probabilities"]) == 7 and r["label"] in r["probabilities"] for r in by_file["scene"])
+    assert by_file["coffee"] == [{"file": str(photos["empty"]), "face": None, "box": None, "label": None,
+                                  "message": "no face found"}]
+    assert by_file["corrupt"][0]["message"].startswith("error: ") and "not a readable image" in \
+        by_file["corrupt"][0]["message"]
+    assert (out / "annotated" / "scene.jpg").stat().st_size > 10_000
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == len(records)
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", DEFAULT_MODEL_URI,
+                               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"server did not start: {server.stderr.read().decode()[-3000:]}") from None
+                time.sleep(1)
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["scene"])}]}).encode())
+        assert status == 200
+        served = body["predictions"]
+        assert [row["label"] for row in served] == [r["label"] for r in by_file["scene"]]
+        assert [[row[k] for k in "xywh"] for row in served] == [r["box"] for r in by_file["scene"]]
+        for row, rec in zip(served, by_file["scene"], strict=True):
+            assert row["p_happy"] == pytest.approx(rec["probabilities"]["happy"], abs=1e-4)
+
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": base64.b64encode(
+            b"plain text, not a picture").decode()}]}).encode())
+        assert status == 400 and "not a readable image" in body["message"]
+        status, body = _post(port, b"{this is not json")
+        assert 400 <= status < 500
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["empty"])}]}).encode())
+        assert status == 200 and body["predictions"][0]["message"] == "no face found"
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["astronaut"])}]}).encode())
+        assert status == 200 and len(body["predictions"]) == 1  # still serving after the bad requests
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_video_frames_and_timeline(trained_run, photos, tmp_path):
+    astronaut = cv2.imread(str(photos["astronaut"]))
+    coffee = cv2.resize(cv2.imread(str(photos["empty"])), (512, 512))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
+    for i in range(20):
+        writer.write(astronaut if i < 10 else coffee)
+    writer.release()
+    classifier = load_classifier(f"runs:/{trained_run}/model")
+    records = predict_paths(classifier, [str(video)], out_dir=tmp_path / "out", every=2)
+    assert [r["frame"] for r in records] == list(range(0, 20, 2))
+    assert all(r["face"] == 0 for r in records[:5]) and all(r["face"] is None for r in records[5:])
+    assert records[1]["time_s"] == pytest.approx(0.2)
+    assert (tmp_path / "out" / "clip_timeline.png").stat().st_size > 5_000
