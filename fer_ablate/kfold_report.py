@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import tracking  # noqa: E402
 from .kfold import GROUP_KIND, KIND  # noqa: E402
 from .paths import project_root  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from .reporting import finish_plot, html_page  # noqa: E402
 from .stats import PairedEffect, mean_ci, paired_effect  # noqa: E402
 
@@ -173,10 +174,7 @@ def _plot_differences(effects: list[tuple[FoldScores, FoldScores, PairedEffect |
     ax.set_yticks(range(len(effects)), [f"{a.label} vs {b.label}" for a, b, _ in effects])
     ax.set_xlabel("difference in validation accuracy (points): dots = folds, red = mean and 95% CI")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_uri: str | None = None) -> Path:

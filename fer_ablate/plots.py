@@ -16,6 +16,15 @@ PAPER_ACCURACY = 0.66  # Cotigliani et al., final model, validation
 TANG_2013_ACCURACY = 0.712  # FER2013 challenge winner
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG (the parent folder created) and close: one place for the figure settings."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion(matrix: np.ndarray, title: str, path: Path) -> Path:
     """Row-normalised confusion matrix with counts; rows are true classes."""
     norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -31,10 +40,7 @@ def plot_confusion(matrix: np.ndarray, title: str, path: Path) -> Path:
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(history: dict[str, list[float]], title: str, path: Path) -> Path:
@@ -55,7 +61,4 @@ def plot_learning_curves(history: dict[str, list[float]], title: str, path: Path
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -142,10 +142,7 @@ def _predict_video(classifier: FaceClassifier, path: Path, every: int, out_dir: 
 
 def plot_timeline(points: list[tuple[float, np.ndarray | None]], title: str, path: Path) -> Path:
     """Stacked probabilities of the 7 emotions per sampled frame; gaps where no face was found."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt, save_figure  # plots selects the headless Agg backend before pyplot loads
 
     times = np.array([t for t, _ in points])
     probs = np.array([p if p is not None else np.full(len(CLASS_NAMES), np.nan) for _, p in points])
@@ -159,11 +156,7 @@ def plot_timeline(points: list[tuple[float, np.ndarray | None]], title: str, pat
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def predict_paths(classifier: FaceClassifier, paths: list[str], out_dir: str | Path | None = None, every: int = 5,

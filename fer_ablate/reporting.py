@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from . import tracking  # noqa: E402
 from .data import CLASS_NAMES  # noqa: E402
 from .paths import project_root  # noqa: E402
-from .plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion  # noqa: E402
+from .plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion, save_figure  # noqa: E402
 from .stats import mean_std, paired_effect  # noqa: E402
 
 KIND = "ablation"
@@ -145,10 +145,7 @@ def finish_plot(fig, ax, path: Path) -> Path:
     ax.axhline(TANG_2013_ACCURACY, color="red", ls=":", label="Tang 2013 71.2%")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _histories(v: VariantRuns) -> list[list[float]]:
@@ -183,10 +180,7 @@ def _plot_recall(variants: list[VariantRuns], path: Path) -> Path:
     ax.set_ylabel("validation recall (mean over seeds)")
     ax.set_title("per-class recall: disgust and fear are where FER models fail")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _confusions(variants: list[VariantRuns], folder: Path) -> list[Path]:
