@@ -187,6 +187,8 @@ def validate(cfg: dict[str, Any]) -> None:
         (t["batch_size"] >= 1, "train.batch_size must be >= 1"),
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
         (t["optimizer"] in ("adam", "sgd", "adamw"), "train.optimizer must be one of adam, sgd, adamw"),
+        (t["precision"] in ("float32", "mixed_bfloat16"), "train.precision must be float32 or mixed_bfloat16"),
+        (t["jit_compile"] in ("auto", "xla", "no_xla"), "train.jit_compile must be auto, xla or no_xla"),
         (0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction must be in (0, 1)"),
         (m["input_size"] // 2 ** m["conv_blocks"] >= 1, "model.conv_blocks too deep for model.input_size"),
     ]

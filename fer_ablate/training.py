@@ -71,14 +71,20 @@ def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
     the augmentation layers in front and shares the same weights.
     """
     size = cfg["model"]["input_size"]
-    cnn = build_from_config(cfg["model"])
-    pixels = keras.Input((size, size, 1), name="pixels")
-    scaled = keras.layers.Rescaling(1.0 / 255, name="rescale")(pixels)
-    inference = keras.Model(pixels, cnn(scaled), name=f"fer_{cfg['model']['name']}")
-    x = scaled
-    for layer in build_augmenter(cfg["augment"], cfg["train"]["seed"]):
-        x = layer(x)
-    training = keras.Model(pixels, cnn(x), name="training_graph")
+    # Layers take the dtype policy in force when they are built: set it for this model only.
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(cfg["train"]["precision"])
+    try:
+        cnn = build_from_config(cfg["model"])
+        pixels = keras.Input((size, size, 1), name="pixels")
+        scaled = keras.layers.Rescaling(1.0 / 255, name="rescale")(pixels)
+        inference = keras.Model(pixels, cnn(scaled), name=f"fer_{cfg['model']['name']}")
+        x = scaled
+        for layer in build_augmenter(cfg["augment"], cfg["train"]["seed"]):
+            x = layer(x)
+        training = keras.Model(pixels, cnn(x), name="training_graph")
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
     return inference, training, cnn.count_params()
 
 
@@ -155,6 +161,7 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
         optimizer=_optimizer(t),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
         metrics=["accuracy"],
+        jit_compile={"auto": "auto", "xla": True, "no_xla": False}[t["jit_compile"]],
     )
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]

@@ -42,3 +42,22 @@ def test_plateau_class_weights_label_smoothing_early_stopping(tiny_data):
     lrs = result.history["lr"]
     assert lrs[0] == pytest.approx(1e-3) and min(lrs) < 1e-3  # the plateau cut the learning rate
     assert result.epochs_run <= 4
+
+
+def test_bfloat16_and_xla_settings_keep_the_model(tiny_data):
+    """Speed settings change how the model computes, not what it is: same parameters, float32 output."""
+    import keras
+    import numpy as np
+
+    plain = resolve_config("paper", tiny_overrides())
+    fast = resolve_config("paper", tiny_overrides(**{"train.precision": "mixed_bfloat16", "train.jit_compile": "xla"}))
+    _, _, params = build_models(plain)
+    inference, training, fast_params = build_models(fast)
+    assert fast_params == params
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is left as it was
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in training.layers[-1].layers)
+    result = train(fast, tiny_data)
+    y, probs = result.predictions["validation"]
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(Exception, match="train.precision must be"):
+        resolve_config("paper", {"train.precision": "float16"})

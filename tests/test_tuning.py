@@ -151,3 +151,24 @@ def test_postgres_two_workers_and_a_killed_worker(postgres, tmp_path):
     assert len(numbers) == len(set(numbers)), "every trial has exactly one MLflow run"
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) >= 5 and not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_ctrl_c_records_the_current_trial_and_stops(tmp_path):
+    """SIGINT mid-trial: the process stops (exit 130), the trial is FAIL in Optuna, its run and the parent KILLED."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = _env(MLFLOW_TRACKING_URI=os.environ["MLFLOW_TRACKING_URI"])
+    proc = subprocess.Popen([sys.executable, "-m", "fer_ablate.cli", "tune", "--space", _space(tmp_path, "ctrlc"),
+                             "--storage", storage, "--n-trials", "3", "--set", "train.epochs=200"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [r for r in _trial_runs("ctrlc") if r.info.status == "RUNNING"]:
+        time.sleep(0.5)
+    time.sleep(3)  # inside model.fit
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    [trial] = optuna.load_study(study_name="ctrlc", storage=storage).get_trials()
+    assert trial.state == TrialState.FAIL
+    [run] = _trial_runs("ctrlc")
+    assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "FAIL"
+    assert _parent("ctrlc")[0].info.status == "KILLED"

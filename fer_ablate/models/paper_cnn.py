@@ -58,5 +58,6 @@ def paper_cnn(
         x = layers.Dense(units, activation="relu", name=f"dense{i + 1}")(x)
         if rate:
             x = layers.Dropout(rate, name=f"dense_drop{i + 1}")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="emotion")(x)
+    # float32 whatever the compute precision: a bf16 softmax would round probabilities (and the loss).
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
     return keras.Model(inputs, outputs, name=name)
