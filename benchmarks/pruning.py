@@ -31,10 +31,11 @@ SPACE = {
 }
 
 
-def study(folder: Path, name: str, sampler: dict, pruner: dict, trials: int, epochs: int, samples: int) -> dict:
+def study(folder: Path, name: str, sampler: dict, pruner: dict, trials: int, epochs: int, samples: int,
+          prune_on: str = "val_accuracy") -> dict:
     from fer_ablate.tuning import run_study
 
-    space = {**SPACE, "name": name, "sampler": sampler, "pruner": pruner, "epochs": epochs,
+    space = {**SPACE, "name": name, "sampler": sampler, "pruner": pruner, "epochs": epochs, "prune_on": prune_on,
              "fixed": {**SPACE["fixed"], "data.synthetic_samples": samples}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--startup", type=int, default=3, help="median pruner: trials before pruning starts")
     parser.add_argument("--reduction", type=int, default=3, help="successive halving / Hyperband reduction factor")
     parser.add_argument("--tpe-startup", type=int, default=4, help="TPE: random trials before modelling")
+    parser.add_argument("--prune-on", default="val_accuracy", choices=["val_accuracy", "val_loss"],
+                        help="the per-epoch signal the pruner sees (the objective stays val_accuracy)")
     args = parser.parse_args()
     pruner = {"type": args.pruner}
     if args.pruner == "median":
@@ -66,9 +69,9 @@ def main() -> None:
         random = study(Path(tmp), "random_unpruned", {"type": "random", "seed": 0}, {"type": "none"},
                        args.trials, args.epochs, args.samples)
         tpe = study(Path(tmp), "tpe_pruned", {"type": "tpe", "seed": 0, "n_startup_trials": args.tpe_startup},
-                    pruner, args.trials, args.epochs, args.samples)
+                    pruner, args.trials, args.epochs, args.samples, args.prune_on)
     print(f"{args.trials} trials x up to {args.epochs} epochs, synthetic n={args.samples}, pruner {pruner}, "
-          f"TPE n_startup_trials={args.tpe_startup}")
+          f"TPE n_startup_trials={args.tpe_startup}, pruning on {args.prune_on}")
     print(f"random, no pruning: best val_accuracy {random['best']:.4f}, epochs {random['epochs']}, {random['states']}")
     print(f"TPE + {args.pruner}: best val_accuracy {tpe['best']:.4f}, epochs {tpe['epochs']}, {tpe['states']}")
     print(f"difference {100 * (tpe['best'] - random['best']):+.1f} points with "

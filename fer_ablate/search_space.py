@@ -17,7 +17,8 @@ from .paths import project_root
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "hyperband", "successive_halving", "threshold", "wilcoxon", "none")
 TOP_KEYS = {"name", "description", "base", "metric", "direction", "sampler", "pruner", "epochs", "fixed", "params",
-            "folds"}
+            "folds", "prune_on"}
+EPOCH_SIGNALS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 FOLD_KEYS = {"k", "seed", "include_validation"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "condition"}
 
@@ -52,6 +53,7 @@ class SearchSpace:
     params: list[Param]
     path: Path
     folds: dict[str, Any] | None = None  # {k, seed, include_validation}: objective = mean over k folds
+    prune_on: str = "val_accuracy"  # the per-epoch signal the pruner sees (val_loss breaks accuracy's ties)
 
 
 def find_space(name_or_path: str) -> Path:
@@ -121,7 +123,14 @@ def load_space(name_or_path: str) -> SearchSpace:
                 raise ConfigError(f"{path}: params.{p.key}: condition on '{cond_key}', which is neither a "
                                   "parameter nor fixed")
     return SearchSpace(raw.get("name", path.stem), raw.get("description", ""), base, raw.get("metric", "val_accuracy"),
-                       direction, sampler, pruner, epochs, fixed, params, path, _folds(path, raw.get("folds"), pruner))
+                       direction, sampler, pruner, epochs, fixed, params, path, _folds(path, raw.get("folds"), pruner),
+                       _prune_on(path, raw.get("prune_on", raw.get("metric", "val_accuracy"))))
+
+
+def _prune_on(path: Path, signal: Any) -> str:
+    if signal not in EPOCH_SIGNALS:
+        raise ConfigError(f"{path}: prune_on must be one of {', '.join(EPOCH_SIGNALS)}, got {signal!r}")
+    return signal
 
 
 def _folds(path: Path, spec: Any, pruner: dict[str, Any]) -> dict[str, Any] | None:

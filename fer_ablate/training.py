@@ -26,6 +26,7 @@ EPOCH_METRICS = {  # Keras log name -> the one name used everywhere (MLflow, rep
     "val_loss": "val_loss",
     "val_accuracy": "val_accuracy",
     "learning_rate": "lr",
+    "wall_seconds": "wall_seconds",  # training time so far: accuracy against time, not only epochs
 }
 
 
@@ -117,18 +118,27 @@ class BestWeights(keras.callbacks.Callback):
 
 
 class EpochClock(keras.callbacks.Callback):
-    """Adds ``learning_rate`` to the epoch logs and logs the estimated total time after epoch 1."""
+    """Adds ``learning_rate`` and ``wall_seconds`` to the epoch logs, logs the estimated total time after
+    epoch 1, and stops before an epoch that would end past ``budget_seconds`` (0 = no budget)."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, budget_seconds: float = 0.0):
         super().__init__()
         self.epochs, self.started, self.first_epoch_seconds = epochs, 0.0, None
+        self.budget, self.last_end = budget_seconds, 0.0
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self.started
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["wall_seconds"] = elapsed
+        epoch_seconds, self.last_end = elapsed - self.last_end, elapsed
+        if self.budget and elapsed + epoch_seconds > self.budget and epoch + 1 < self.epochs:
+            log.info("time budget: %.1f of %.1f min used after epoch %d; the next epoch would overrun, stopping",
+                     elapsed / 60, self.budget / 60, epoch + 1)
+            self.model.stop_training = True
         if epoch == 0:
             self.first_epoch_seconds = time.perf_counter() - self.started
             total = self.first_epoch_seconds * self.epochs
@@ -166,7 +176,7 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]
     best = BestWeights(training, restore=t["restore_best"])
-    clock = EpochClock(t["epochs"])
+    clock = EpochClock(t["epochs"], 60 * t["time_budget_minutes"])
     keras_callbacks: list[keras.callbacks.Callback] = [clock, best]
     if t["reduce_lr_on_plateau"]:
         keras_callbacks.append(keras.callbacks.ReduceLROnPlateau(

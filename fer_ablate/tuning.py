@@ -29,6 +29,7 @@ from .folds import fold_dataset, make_folds, training_pool
 from .paths import project_root
 from .search_space import SearchSpace, active, load_space
 from .train_run import train_and_track
+from .training import EPOCH_METRICS
 from .work_queue import StorageError, open_rdb_storage
 
 log = logging.getLogger(__name__)
@@ -125,22 +126,31 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 
 class TrialReporter(keras.callbacks.Callback):
-    """Reports the metric to Optuna each epoch, stops training when the pruner says so, and records
-    the trial's MLflow run id (so a dead worker's run can be ended by whoever notices)."""
+    """Reports a per-epoch signal to Optuna, stops training when the pruner says so, keeps the objective
+    metric's values, and records the trial's MLflow run id (so a dead worker's run can be ended by whoever
+    notices).
 
-    def __init__(self, trial: optuna.Trial, metric: str):
+    The signal may differ from the objective (``prune_on: val_loss`` for a ``val_accuracy`` study: on few
+    validation images accuracy ties between trials, loss does not). It is reported in the study's direction:
+    a loss in a maximising study is reported negated, so the pruner's "better" is the study's "better".
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, signal: str | None = None, maximize: bool = True):
         super().__init__()
         self.trial, self.metric, self.pruned, self.values = trial, metric, False, []
+        self.signal = signal or metric
+        self.sign = -1.0 if self.signal.endswith("loss") == maximize else 1.0
 
     def on_train_begin(self, logs=None):
         self.trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.metric)
-        if value is None:
+        logs = {EPOCH_METRICS.get(k, k): v for k, v in (logs or {}).items()}
+        if logs.get(self.metric) is not None:
+            self.values.append(float(logs[self.metric]))
+        if logs.get(self.signal) is None:
             return
-        self.values.append(float(value))
-        self.trial.report(float(value), step=epoch + 1)
+        self.trial.report(self.sign * float(logs[self.signal]), step=epoch + 1)
         if self.trial.should_prune():
             self.pruned = True
             self.model.stop_training = True
@@ -165,7 +175,8 @@ class Objective:
         tags = tracking.child_tags(KIND, self.study_name, {"trial_number": trial.number})
         if self.space.folds:
             return self._cross_validate(trial, cfg, tags)
-        reporter = TrialReporter(trial, self.space.metric)
+        reporter = TrialReporter(trial, self.space.metric, self.space.prune_on,
+                                 self.space.direction == "maximize")
         try:
             run_id, _ = train_and_track(cfg, run_name=f"trial {trial.number}", tags=tags,
                                         parent_run_id=self.parent_run_id, experiment_id=self.experiment_id,

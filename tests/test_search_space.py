@@ -58,8 +58,28 @@ def _write(tmp_path, text):
     ("pruner: {type: patient}\nparams: {train.epochs: {type: int, low: 1, high: 3}}\n", "pruner.type"),
     ("params: {augment.zoom: {type: float, low: 0, high: 1, condition: {augment.flip: true}}}\n", "condition"),
     ("bogus: 1\nparams: {train.epochs: {type: int, low: 1, high: 3}}\n", "unknown key(s) ['bogus']"),
+    ("prune_on: val_f1\nparams: {train.epochs: {type: int, low: 1, high: 3}}\n", "prune_on must be one of"),
+    ("pruner: {type: wilcoxon}\nparams: {train.epochs: {type: int, low: 1, high: 3}}\n", "add folds"),
+    ("folds: {k: 1}\nparams: {train.epochs: {type: int, low: 1, high: 3}}\n", "folds.k must be"),
+    ("folds: {k: 3}\npruner: {type: median}\nparams: {train.epochs: {type: int, low: 1, high: 3}}\n",
+     "use pruner wilcoxon or none"),
 ])
 def test_validation_errors_name_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_space(_write(tmp_path, text))
     assert "space.yaml" in str(err.value) and message in str(err.value)
+
+
+def test_pruning_signal_is_reported_in_the_study_direction():
+    """A loss reported to a maximising study is negated, so the pruner keeps the trials with low loss."""
+    from fer_ablate.tuning import TrialReporter
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    reporter = TrialReporter(trial, "val_accuracy", "val_loss", maximize=True)
+    reporter.on_epoch_end(0, {"val_accuracy": 0.4, "val_loss": 1.5, "accuracy": 0.3})
+    assert reporter.values == [0.4]
+    assert study.trials[0].intermediate_values == {1: -1.5}
+    plain = TrialReporter(study.ask(), "val_accuracy")
+    plain.on_epoch_end(0, {"val_accuracy": 0.45, "val_loss": 1.2})
+    assert study.trials[1].intermediate_values == {1: 0.45}

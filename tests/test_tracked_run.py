@@ -18,7 +18,7 @@ from fer_ablate.config import resolve_config
 from fer_ablate.tracking import TrackingError
 from fer_ablate.train_run import train_and_track
 
-EPOCH_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
+EPOCH_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "wall_seconds"}
 
 
 def _env():

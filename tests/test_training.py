@@ -22,7 +22,7 @@ def test_evaluates_best_or_last_epoch(tiny_data, restore):
     expected = max(curve) if restore else curve[-1]
     assert result.metrics["val_accuracy"] == pytest.approx(expected, abs=1e-6)
     assert result.best_epoch == curve.index(max(curve)) + 1
-    assert set(result.history) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
+    assert set(result.history) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "wall_seconds"}
     assert result.images_per_second > 0 and result.param_count > 0
 
 
@@ -61,3 +61,9 @@ def test_bfloat16_and_xla_settings_keep_the_model(tiny_data):
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     with pytest.raises(Exception, match="train.precision must be"):
         resolve_config("paper", {"train.precision": "float16"})
+
+
+def test_time_budget_stops_before_overrunning(tiny_data):
+    cfg = resolve_config("paper", tiny_overrides(**{"train.epochs": 50, "train.time_budget_minutes": 0.001}))
+    result = train(cfg, tiny_data)  # 0.06 s: the first epoch already takes longer, so training stops after it
+    assert result.epochs_run == 1 and result.history["wall_seconds"][0] > 0
