@@ -89,8 +89,15 @@ def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
     return inference, training, cnn.count_params()
 
 
-def _optimizer(train_cfg: dict[str, Any]) -> keras.optimizers.Optimizer:
-    lr = train_cfg["learning_rate"]
+def _optimizer(train_cfg: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr: Any = train_cfg["learning_rate"]
+    if train_cfg["lr_schedule"] == "cosine":
+        # One linear warm-up epoch (Adam's early steps on a fresh BatchNorm net are erratic), then a cosine
+        # decay to 1% over the remaining epochs: the whole budget is used, no plateau to wait for.
+        total = steps_per_epoch * train_cfg["epochs"]
+        warmup = min(steps_per_epoch, total // 10)
+        lr = keras.optimizers.schedules.CosineDecay(lr / 10, total - warmup, alpha=0.01, warmup_target=lr,
+                                                    warmup_steps=warmup)
     return {
         "adam": lambda: keras.optimizers.Adam(lr),
         "adamw": lambda: keras.optimizers.AdamW(lr),
@@ -168,7 +175,7 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
     keras.utils.set_random_seed(t["seed"])
     inference, training, param_count = build_models(cfg)
     training.compile(
-        optimizer=_optimizer(t),
+        optimizer=_optimizer(t, max(1, -(-len(dataset.splits["train"][1]) // t["batch_size"]))),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
         metrics=["accuracy"],
         jit_compile={"auto": "auto", "xla": True, "no_xla": False}[t["jit_compile"]],

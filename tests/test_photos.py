@@ -179,6 +179,9 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
         by_file["corrupt"][0]["message"]
     assert (out / "annotated" / "scene.jpg").stat().st_size > 10_000
     assert len((out / "predictions.jsonl").read_text().splitlines()) == len(records)
+    predict_paths(classifier, [str(photos["scene"])], out_dir=tmp_path / "csv", fmt="csv")
+    rows = (tmp_path / "csv" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("file,frame,time_s,face,x,y,w,h,label,score,p_angry") and len(rows) == 3
 
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
@@ -208,6 +211,22 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
         assert status == 400 and "not a readable image" in body["message"]
         status, body = _post(port, b"{this is not json")
         assert 400 <= status < 500
+        ok, huge = cv2.imencode(".png", np.zeros((7000, 7000), np.uint8))
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": base64.b64encode(
+            huge.tobytes()).decode()}]}).encode())
+        assert status == 400 and "pixel limit" in body["message"]
+        # A batch of FER2013-style crops (space-separated grey values): one prediction per crop, no detection.
+        crop = cv2.resize(cv2.imread(str(photos["astronaut"]), cv2.IMREAD_GRAYSCALE)[66:161, 177:272], (48, 48))
+        pixels = " ".join(map(str, crop.ravel()))
+        status, body = _post(port, json.dumps({"dataframe_records": [{"pixels": pixels}, {"pixels": pixels}],
+                                               "params": {"tta": True}}).encode())
+        assert status == 200 and [r["face"] for r in body["predictions"]] == [0, 0]
+        expected = classifier.classify_crops(crop[None])[0]
+        classifier.tta = True
+        mirrored = classifier.classify_crops(crop[None])[0]
+        classifier.tta = False
+        assert body["predictions"][0]["p_happy"] == pytest.approx(float(mirrored[3]), abs=1e-4)
+        assert not np.allclose(mirrored, expected)  # test-time flip really averaged a second view
         status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["empty"])}]}).encode())
         assert status == 200 and body["predictions"][0]["message"] == "no face found"
         status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["astronaut"])}]}).encode())

@@ -67,3 +67,12 @@ def test_time_budget_stops_before_overrunning(tiny_data):
     cfg = resolve_config("paper", tiny_overrides(**{"train.epochs": 50, "train.time_budget_minutes": 0.001}))
     result = train(cfg, tiny_data)  # 0.06 s: the first epoch already takes longer, so training stops after it
     assert result.epochs_run == 1 and result.history["wall_seconds"][0] > 0
+
+
+def test_cosine_schedule_warms_up_then_decays(tiny_data):
+    cfg = resolve_config("paper", tiny_overrides(**{"train.epochs": 4, "train.lr_schedule": "cosine"}))
+    lrs = train(cfg, tiny_data).history["lr"]
+    assert 5e-4 < lrs[0] <= 1e-3  # just past the warm-up, near the peak
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] and lrs[3] < 2e-4  # decays to 1% by the last step
+    with pytest.raises(Exception, match="choose one"):
+        resolve_config("paper", {"train.lr_schedule": "cosine", "train.reduce_lr_on_plateau": True})
