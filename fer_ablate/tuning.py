@@ -51,6 +51,9 @@ def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
     if run_id:
         tracking.end_run_by_id(run_id, "KILLED", "worker died (heartbeat lost); the trial was retried")
         tracking.get_client().set_tag(run_id, "trial_state", "FAIL")
+    fold_run = trial.user_attrs.get("mlflow_fold_run_id")  # a k-fold trial's nested run in progress
+    if fold_run:
+        tracking.end_run_by_id(fold_run, "KILLED", "worker died (heartbeat lost)")
     RetryHeartbeatStaleTrialCallback(max_retry=3)(study, trial)
 
 
@@ -125,7 +128,18 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return chosen
 
 
-class TrialReporter(keras.callbacks.Callback):
+class RecordRunId(keras.callbacks.Callback):
+    """Stores the active MLflow run id in a trial attribute when training starts (for dead-worker cleanup)."""
+
+    def __init__(self, trial: optuna.Trial, key: str):
+        super().__init__()
+        self.trial, self.key = trial, key
+
+    def on_train_begin(self, logs=None):
+        self.trial.set_user_attr(self.key, tracking.active_run_id())
+
+
+class TrialReporter(RecordRunId):
     """Reports a per-epoch signal to Optuna, stops training when the pruner says so, keeps the objective
     metric's values, and records the trial's MLflow run id (so a dead worker's run can be ended by whoever
     notices).
@@ -136,13 +150,10 @@ class TrialReporter(keras.callbacks.Callback):
     """
 
     def __init__(self, trial: optuna.Trial, metric: str, signal: str | None = None, maximize: bool = True):
-        super().__init__()
-        self.trial, self.metric, self.pruned, self.values = trial, metric, False, []
+        super().__init__(trial, "mlflow_run_id")
+        self.metric, self.pruned, self.values = metric, False, []
         self.signal = signal or metric
         self.sign = -1.0 if self.signal.endswith("loss") == maximize else 1.0
-
-    def on_train_begin(self, logs=None):
-        self.trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {EPOCH_METRICS.get(k, k): v for k, v in (logs or {}).items()}
@@ -218,7 +229,8 @@ class Objective:
                 _, metrics = train_and_track(cfg, run_name=f"trial {trial.number} · fold {fold + 1}/{assignment.k}",
                                              tags={**fold_tags, "fold": str(fold)}, parent_run_id=trial_run,
                                              experiment_id=self.experiment_id,
-                                             dataset=fold_dataset(dataset, pool, assignment, fold))
+                                             dataset=fold_dataset(dataset, pool, assignment, fold),
+                                             extra_callbacks=[RecordRunId(trial, "mlflow_fold_run_id")])
                 scores.append(float(metrics[self.space.metric]))
                 client.log_metric(trial_run, f"fold{fold}_{self.space.metric}", scores[-1])
                 trial.report(scores[-1], step=fold)
