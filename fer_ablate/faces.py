@@ -84,20 +84,32 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 class FaceDetector:
-    """OpenCV's frontal-face Haar cascade; boxes sorted left to right."""
+    """OpenCV's frontal-face Haar cascade; boxes sorted left to right.
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30):
+    ``min_size`` 48: a smaller face has less detail than the model's 48x48 input (and searching the small
+    scales is most of the detector's time). ``border``: the image is extended by this fraction of its
+    shorter side (edges repeated) before detection, so a face that fills the picture, as in a tight crop,
+    is still found; boxes may then reach past the image, which ``crop_face`` handles.
+    """
+
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 48,
+                 border: float = 0.15):
         cv2 = _cv2()
         self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, CASCADE))
         if self.cascade.empty():
             raise ImportError(f"the OpenCV wheel has no {CASCADE}: install opencv-python-headless<5")
-        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+        self.min_size, self.border = min_size, border
 
     def detect(self, grey: np.ndarray) -> list[Box]:
-        """Face boxes in a grey image (possibly none)."""
-        found = self.cascade.detectMultiScale(grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                              minSize=(self.min_size, self.min_size))
-        return sorted((Box(*map(int, b)) for b in found), key=lambda b: (b.x, b.y))
+        """Face boxes in a grey image (possibly none), in the image's coordinates."""
+        cv2 = _cv2()
+        pad = int(self.border * min(grey.shape[:2]))
+        padded = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else grey
+        found = self.cascade.detectMultiScale(padded, scaleFactor=self.scale_factor,
+                                              minNeighbors=self.min_neighbors, minSize=(self.min_size, self.min_size))
+        return sorted((Box(int(x) - pad, int(y) - pad, int(w), int(h)) for x, y, w, h in found),
+                      key=lambda b: (b.x, b.y))
 
 
 def crop_box(box: Box, scale: float = CROP_SCALE) -> Box:
