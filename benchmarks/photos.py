@@ -122,7 +122,8 @@ def main() -> None:
     limit = args.limit or len(split[1])
     faces, labels = split[0][:limit], split[1][:limit]
     print(f"\n## classification throughput, {len(faces)} crops from {'FER2013 PublicTest' if real else 'synthetic'}")
-    for name, fn in (("fer-ablate (paper CNN, 48x48)", lambda: ours.classify_crops(faces)),
+    ours_name = "fer-ablate (--model, 48x48)" if trained else "fer-ablate (paper CNN, 48x48)"
+    for name, fn in ((ours_name, lambda: ours.classify_crops(faces)),
                      ("fer (mini-Xception, 64x64)", lambda: fer_model_probs(fer, faces))):
         ms = timed(fn, 3)
         print(f"{name:<32} {len(faces) / (ms / 1000):>8.0f} crops/s")

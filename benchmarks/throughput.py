@@ -30,6 +30,8 @@ SETTINGS = {  # name -> config overrides on top of the paper variant
     "bf16_batch128": {"train.precision": "mixed_bfloat16", "train.batch_size": 128},
     "noaug": {"augment.enabled": False},
     "bf16_noaug": {"train.precision": "mixed_bfloat16", "augment.enabled": False},
+    "noaug_no_xla": {"augment.enabled": False, "train.jit_compile": "no_xla"},
+    "bf16_noaug_no_xla": {"train.precision": "mixed_bfloat16", "augment.enabled": False, "train.jit_compile": "no_xla"},
 }
 
 
