@@ -140,11 +140,16 @@ def _variant_key(cand: Candidate, assignment: FoldAssignment) -> str:
     return f"{config_hash(cand.config)}-{assignment.digest}"
 
 
-def finished_folds(experiment_id: str, label: str, key: str) -> dict[int, Any]:
-    """Latest FINISHED child run per fold of a variant's k-fold parent (key = config hash + fold digest)."""
+def fold_runs(experiment_id: str, label: str, key: str) -> list[Any]:
+    """Every child run of a variant's k-fold parents with this key (config hash + fold digest), newest first."""
+    return [run for run in tracking.child_runs(experiment_id, KIND, label) if run.data.tags.get("kfold_key") == key]
+
+
+def finished_folds(runs: list[Any]) -> dict[int, Any]:
+    """Latest FINISHED run per fold among ``runs`` (newest first)."""
     found: dict[int, Any] = {}
-    for run in tracking.child_runs(experiment_id, KIND, label):  # newest first
-        if run.data.tags.get("kfold_key") == key and run.info.status == "FINISHED":
+    for run in runs:
+        if run.info.status == "FINISHED":
             found.setdefault(int(run.data.tags["fold"]), run)
     return found
 
@@ -164,9 +169,10 @@ def _run_variant(cand: Candidate, group_name: str, group: str | None, dataset: D
               **{f"level.{f}": lvl for f, lvl in cand.levels.items()}})
     tracking.log_config_to(parent, cand.config)
     tracking.log_parent_summary(parent, {}, texts={"folds.json": assignment.to_json()})
-    done = finished_folds(experiment_id, cand.label, key)
-    for run in tracking.child_runs(experiment_id, KIND, cand.label):
-        if run.data.tags.get("kfold_key") == key and run.info.status == "RUNNING":
+    earlier = fold_runs(experiment_id, cand.label, key)  # one query for resume and stale-run cleanup
+    done = finished_folds(earlier)
+    for run in earlier:
+        if run.info.status == "RUNNING":
             tracking.end_run_by_id(run.info.run_id, "KILLED", "left RUNNING by a killed k-fold run; rerun on resume")
     todo = [fold for fold in range(k) if fold not in done]
     log.info("k-fold %s: %d folds, %d already finished, %d to run (parent run %s)",
@@ -184,7 +190,7 @@ def _run_variant(cand: Candidate, group_name: str, group: str | None, dataset: D
     except KeyboardInterrupt:
         tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume")
         raise
-    runs = finished_folds(experiment_id, cand.label, key)
+    runs = finished_folds(fold_runs(experiment_id, cand.label, key))
     metrics = summarise(runs, k)
     metrics.update(_log_ensemble(parent, runs, pool, cand.label))
     tracking.log_parent_summary(parent, metrics, texts={"fold_runs.json": json.dumps(
