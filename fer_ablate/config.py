@@ -175,7 +175,7 @@ def resolve_config(
 
 def validate(cfg: dict[str, Any]) -> None:
     """Check value ranges that types alone cannot (positive sizes, probabilities, matching lists)."""
-    m, t = cfg["model"], cfg["train"]
+    m, t, a = cfg["model"], cfg["train"], cfg["augment"]
     checks = [
         (m["conv_blocks"] >= 1, "model.conv_blocks must be >= 1"),
         (m["kernel_size"] >= 1, "model.kernel_size must be >= 1"),
@@ -187,12 +187,19 @@ def validate(cfg: dict[str, Any]) -> None:
         (t["batch_size"] >= 1, "train.batch_size must be >= 1"),
         (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
         (t["optimizer"] in ("adam", "sgd", "adamw"), "train.optimizer must be one of adam, sgd, adamw"),
-        (t["lr_schedule"] in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
-        (not (t["lr_schedule"] == "cosine" and t["reduce_lr_on_plateau"]),
-         "train.lr_schedule cosine and train.reduce_lr_on_plateau both set the learning rate: choose one"),
+        (t["lr_schedule"] in ("constant", "cosine", "cosine_time"),
+         "train.lr_schedule must be constant, cosine or cosine_time"),
+        (not (t["lr_schedule"] != "constant" and t["reduce_lr_on_plateau"]),
+         f"train.lr_schedule {t['lr_schedule']} and train.reduce_lr_on_plateau both set the learning rate: "
+         "choose one"),
+        (t["lr_schedule"] != "cosine_time" or t["time_budget_minutes"] > 0,
+         "train.lr_schedule cosine_time follows the time budget: set train.time_budget_minutes > 0"),
         (t["time_budget_minutes"] >= 0, "train.time_budget_minutes must be >= 0"),
         (t["precision"] in ("float32", "mixed_bfloat16"), "train.precision must be float32 or mixed_bfloat16"),
         (t["jit_compile"] in ("auto", "xla", "no_xla"), "train.jit_compile must be auto, xla or no_xla"),
+        (a["method"] in ("single_warp", "keras_layers"), "augment.method must be single_warp or keras_layers"),
+        (all(0 <= a[k] < 1 for k in ("rotation", "zoom", "shift")),
+         "augment.rotation, zoom and shift must be in [0, 1)"),
         (0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction must be in (0, 1)"),
         (m["input_size"] // 2 ** m["conv_blocks"] >= 1, "model.conv_blocks too deep for model.input_size"),
     ]

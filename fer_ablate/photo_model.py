@@ -142,6 +142,8 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import keras
 
+        from . import models  # noqa: F401  (registers the custom layers the saved model may hold)
+
         self.classifier = FaceClassifier(keras.saving.load_model(context.artifacts["keras_model"], compile=False))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -66,10 +66,20 @@ def log_photo_model(run_id: str) -> str:
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import version
+    """Pins for the serving environment: the versions installed here, of the packages that are installed.
 
-    return [f"{p}=={version(p)}" for p in ("mlflow", "keras", "tensorflow-cpu", "opencv-python-headless", "pandas",
-                                           "numpy", "pillow")]
+    TensorFlow comes as ``tensorflow-cpu`` on x86 Linux and as ``tensorflow`` elsewhere; pin whichever is present.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "opencv-python-headless", "pandas", "numpy",
+                    "pillow"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def promote(run_id: str, name: str = REGISTERED_NAME, alias: str = ALIAS, tracking_uri: str | None = None) -> Any:

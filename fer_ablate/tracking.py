@@ -25,6 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
+from . import models  # noqa: F401  (registers the custom layers saved models may hold)
 from .config import config_hash, flatten, to_yaml
 from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Dataset
 from .evaluation import confusion

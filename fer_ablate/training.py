@@ -15,9 +15,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from .augmentation import RandomAffine
 from .data import NUM_CLASSES, Dataset
 from .evaluation import evaluate_probabilities
-from .models import build_from_config
+from .models import MirrorAverage, build_from_config
 
 log = logging.getLogger(__name__)
 EPOCH_METRICS = {  # Keras log name -> the one name used everywhere (MLflow, reports, Optuna)
@@ -46,9 +47,18 @@ class TrainResult:
 
 
 def build_augmenter(aug_cfg: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
-    """Keras preprocessing layers for training batches only (they are identity at inference)."""
+    """Keras preprocessing layers for training batches only (they are identity at inference).
+
+    ``augment.method: single_warp`` (default) is one ``RandomAffine`` layer; ``keras_layers`` is Keras' own
+    flip, rotation, zoom and translation layers, one resampling each (the slower, blurrier way).
+    """
     if not aug_cfg["enabled"]:
         return []
+    if aug_cfg["method"] == "single_warp":
+        if not (aug_cfg["horizontal_flip"] or aug_cfg["rotation"] or aug_cfg["zoom"] or aug_cfg["shift"]):
+            return []
+        return [RandomAffine(aug_cfg["horizontal_flip"], aug_cfg["rotation"], aug_cfg["zoom"], aug_cfg["shift"],
+                             seed=seed, name="aug_affine")]
     layers = []
     if aug_cfg["horizontal_flip"]:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
@@ -77,6 +87,8 @@ def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
     keras.mixed_precision.set_dtype_policy(cfg["train"]["precision"])
     try:
         cnn = build_from_config(cfg["model"])
+        if cfg["model"]["test_time_flip"]:
+            cnn = MirrorAverage(cnn, name="test_time_flip")
         pixels = keras.Input((size, size, 1), name="pixels")
         scaled = keras.layers.Rescaling(1.0 / 255, name="rescale")(pixels)
         inference = keras.Model(pixels, cnn(scaled), name=f"fer_{cfg['model']['name']}")
@@ -86,7 +98,7 @@ def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
         training = keras.Model(pixels, cnn(x), name="training_graph")
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
-    return inference, training, cnn.count_params()
+    return inference, training, inference.count_params()
 
 
 def _optimizer(train_cfg: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -103,6 +115,45 @@ def _optimizer(train_cfg: dict[str, Any], steps_per_epoch: int) -> keras.optimiz
         "adamw": lambda: keras.optimizers.AdamW(lr),
         "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
     }[train_cfg["optimizer"]]()
+
+
+def compile_for_training(model: keras.Model, train_cfg: dict[str, Any], train_images: int) -> None:
+    """Compile ``model`` with the configured optimizer, schedule, loss and XLA setting."""
+    model.compile(
+        optimizer=_optimizer(train_cfg, max(1, -(-train_images // train_cfg["batch_size"]))),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg["label_smoothing"]),
+        metrics=["accuracy"],
+        jit_compile={"auto": "auto", "xla": True, "no_xla": False}[train_cfg["jit_compile"]],
+    )
+
+
+class TimeCosine(keras.callbacks.Callback):
+    """``train.lr_schedule: cosine_time``: the learning rate follows the wall clock, not the step count.
+
+    A linear warm-up from 1/10 of ``peak`` over the first 5% of ``budget_seconds``, then a cosine decay to
+    1% of ``peak`` at the budget's end, set before every batch. A step-based schedule sized for N epochs is
+    cut mid-decay when the machine is slower than planned (and the time budget stops training early); this
+    one ends annealed on any machine.
+    """
+
+    WARMUP = 0.05
+
+    def __init__(self, peak: float, budget_seconds: float):
+        super().__init__()
+        self.peak, self.budget, self.started = peak, budget_seconds, 0.0
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+
+    def rate_at(self, elapsed: float) -> float:
+        progress = min(elapsed / self.budget, 1.0)
+        if progress < self.WARMUP:
+            return self.peak * (0.1 + 0.9 * progress / self.WARMUP)
+        cosine = 0.5 * (1 + np.cos(np.pi * (progress - self.WARMUP) / (1 - self.WARMUP)))
+        return self.peak * (0.01 + 0.99 * cosine)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(self.rate_at(time.perf_counter() - self.started))
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -174,17 +225,14 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
     t = cfg["train"]
     keras.utils.set_random_seed(t["seed"])
     inference, training, param_count = build_models(cfg)
-    training.compile(
-        optimizer=_optimizer(t, max(1, -(-len(dataset.splits["train"][1]) // t["batch_size"]))),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
-        metrics=["accuracy"],
-        jit_compile={"auto": "auto", "xla": True, "no_xla": False}[t["jit_compile"]],
-    )
+    compile_for_training(training, t, len(dataset.splits["train"][1]))
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]
     best = BestWeights(training, restore=t["restore_best"])
     clock = EpochClock(t["epochs"], 60 * t["time_budget_minutes"])
     keras_callbacks: list[keras.callbacks.Callback] = [clock, best]
+    if t["lr_schedule"] == "cosine_time":
+        keras_callbacks.insert(0, TimeCosine(t["learning_rate"], 60 * t["time_budget_minutes"]))
     if t["reduce_lr_on_plateau"]:
         keras_callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=t["plateau_factor"], patience=t["plateau_patience"], min_lr=t["min_lr"]))

@@ -26,11 +26,13 @@ def test_evaluates_best_or_last_epoch(tiny_data, restore):
     assert result.images_per_second > 0 and result.param_count > 0
 
 
-def test_augmentation_only_in_the_training_graph():
-    cfg = resolve_config("aug", tiny_overrides())
+@pytest.mark.parametrize("method, names", [("single_warp", {"aug_affine"}),
+                                           ("keras_layers", {"aug_flip", "aug_rotation", "aug_zoom", "aug_shift"})])
+def test_augmentation_only_in_the_training_graph(method, names):
+    cfg = resolve_config("aug", tiny_overrides(**{"augment.method": method}))
     inference, training, _ = build_models(cfg)
     assert not [layer for layer in inference.layers if layer.name.startswith("aug_")]
-    assert {"aug_flip", "aug_rotation", "aug_zoom", "aug_shift"} <= {layer.name for layer in training.layers}
+    assert names <= {layer.name for layer in training.layers}
     assert inference.input_shape == (None, 48, 48, 1)
 
 

@@ -28,6 +28,7 @@ def paper_cnn(
     dense_dropout: Sequence[float] = (0.4, 0.4, 0.5),
     l2_first_conv: float = 0.01,
     batch_norm: bool = True,
+    bn_first_conv: bool = False,
     bn_momentum: float = 0.99,
     input_size: int = 48,
     num_classes: int = 7,
@@ -48,7 +49,7 @@ def paper_cnn(
                 kernel_regularizer=keras.regularizers.l2(l2_first_conv) if first and l2_first_conv else None,
                 name=f"conv{block + 1}_{conv + 1}",
             )(x)
-            if batch_norm and not first:
+            if batch_norm and (bn_first_conv or not first):
                 x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{block + 1}_{conv + 1}")(x)
         x = layers.MaxPooling2D(2, strides=2, name=f"pool{block + 1}")(x)
         if conv_dropout:

@@ -1,0 +1,82 @@
+"""The single-warp augmentation layer, the test-time flip wrapper and the time-based learning-rate schedule."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_overrides
+
+from fer_ablate.augmentation import RandomAffine
+from fer_ablate.config import ConfigError, resolve_config
+from fer_ablate.training import TimeCosine, build_augmenter, build_models
+
+
+@pytest.fixture(scope="module")
+def faces():
+    from fer_ablate.data.synthetic import make_synthetic_faces
+
+    x, _ = make_synthetic_faces(32, seed=3)
+    return x.astype(np.float32)[..., None]
+
+
+def test_inference_is_identity_and_a_flip_only_warp_mirrors_or_keeps(faces):
+    layer = RandomAffine(horizontal_flip=True, seed=0)
+    assert np.array_equal(np.asarray(layer(faces, training=False)), faces)
+    out = np.asarray(layer(faces, training=True))
+    same = [np.allclose(o, f, atol=1e-3) for o, f in zip(out, faces, strict=True)]
+    mirrored = [np.allclose(o, f[:, ::-1], atol=1e-3) for o, f in zip(out, faces, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 4 < sum(mirrored) < 28  # about half of 32, both kinds present
+
+
+def test_warp_strength_follows_the_ranges_and_stays_within_the_pixel_range(faces):
+    changes = []
+    for strength in (0.02, 0.1, 0.2):
+        out = np.asarray(RandomAffine(False, rotation=strength / 2, zoom=strength, shift=strength, seed=1)(
+            faces, training=True))
+        assert out.min() >= faces.min() - 1e-3 and out.max() <= faces.max() + 1e-3  # bilinear, edge fill
+        changes.append(np.abs(out - faces).mean())
+    assert changes[0] < changes[1] < changes[2]
+
+
+def test_shift_moves_a_dot_by_at_most_the_range():
+    dot = np.zeros((64, 48, 48, 1), np.float32)
+    dot[:, 24, 24, 0] = 255.0
+    out = np.asarray(RandomAffine(False, shift=0.1, seed=2)(dot, training=True))
+    rows, cols = np.unravel_index(out[..., 0].reshape(64, -1).argmax(axis=1), (48, 48))
+    assert np.abs(rows - 24).max() <= 5 and np.abs(cols - 24).max() <= 5  # 0.1 x 48 = 4.8 pixels
+    assert len(set(zip(rows, cols, strict=True))) > 10  # and it does move
+
+
+def test_same_seed_same_warps_and_config_choices(faces):
+    a = np.asarray(RandomAffine(True, 0.03, 0.1, 0.1, seed=7)(faces, training=True))
+    b = np.asarray(RandomAffine(True, 0.03, 0.1, 0.1, seed=7)(faces, training=True))
+    assert np.array_equal(a, b)
+    aug = resolve_config("paper")["augment"]
+    assert [layer.name for layer in build_augmenter(aug, 0)] == ["aug_affine"]
+    assert [layer.name for layer in build_augmenter({**aug, "method": "keras_layers"}, 0)] == [
+        "aug_flip", "aug_rotation", "aug_zoom", "aug_shift"]
+    with pytest.raises(ConfigError, match="augment.method"):
+        resolve_config("paper", {"augment.method": "opencv"})
+    with pytest.raises(ConfigError, match="augment.rotation, zoom and shift"):
+        resolve_config("paper", {"augment.zoom": 1.5})
+
+
+def test_test_time_flip_model_is_mirror_invariant_and_survives_saving(tmp_path, faces):
+    cfg = resolve_config("paper", tiny_overrides(**{"model.test_time_flip": True}))
+    inference, _, params = build_models(cfg)
+    assert params == build_models(resolve_config("paper", tiny_overrides()))[2]  # no new weights
+    probs = inference.predict(faces, verbose=0)
+    assert np.allclose(probs, inference.predict(faces[:, :, ::-1], verbose=0), atol=1e-6)
+    inference.save(tmp_path / "flip.keras")
+    reloaded = keras.saving.load_model(tmp_path / "flip.keras")
+    assert np.allclose(reloaded.predict(faces, verbose=0), probs, atol=1e-6)
+
+
+def test_time_cosine_warms_up_then_decays_to_one_percent_of_the_peak():
+    schedule = TimeCosine(peak=1e-3, budget_seconds=600)
+    rates = [schedule.rate_at(s) for s in (0, 15, 30, 300, 599.9, 900)]
+    assert rates[0] == pytest.approx(1e-4) and rates[1] == pytest.approx(5.5e-4)
+    assert rates[2] == pytest.approx(1e-3)  # the peak at 5% of the budget
+    assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(1e-5, rel=1e-3) == rates[5]
+    with pytest.raises(ConfigError, match="time_budget_minutes > 0"):
+        resolve_config("paper", {"train.lr_schedule": "cosine_time"})
