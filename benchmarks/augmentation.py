@@ -5,13 +5,14 @@ Two measurements:
 1. Pipeline only: augmented images/s of ``single_warp`` (one ``RandomAffine`` warp, the default), ``keras_layers``
    (Keras' flip + rotation + zoom + translation layers) and ``tf_keras``' legacy ``ImageDataGenerator`` (what
    the paper used; Keras 3 no longer has it), all with the config's augmentation ranges.
-2. Training: seconds per epoch of the variant's model with augmentation off, ``single_warp``, ``keras_layers``
-   and ``ImageDataGenerator`` feeding ``fit`` (one worker, as the paper's ``fit_generator``). The settings
-   take turns for ``--repeats`` rounds so machine noise hits them alike; each fit's first epoch is not timed.
+2. Training: seconds per training step of the variant's model with augmentation off, ``single_warp``,
+   ``keras_layers`` and ``ImageDataGenerator`` (a batch made on the CPU, then a step on it: the paper's
+   loop). The settings take turns step by step, so machine noise hits them alike: on this shared VM whole
+   epochs of one setting differ by 20% between rounds, which drowned the differences sought.
 
 The legacy generator is a benchmark-only dependency, installed apart from the project (it needs no new packages):
     pip install --no-deps --target .cache/bench-tfkeras tf-keras==2.21.0
-Usage: python benchmarks/augmentation.py [--variant fast_cpu] [--images 3072] [--epochs 3] [--repeats 2]
+Usage: python benchmarks/augmentation.py [--variant fast_cpu] [--images 3072] [--steps 60]
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from throughput import EpochTimes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TF_KERAS = ROOT / ".cache" / "bench-tfkeras"
@@ -44,20 +44,6 @@ def legacy_generator(aug: dict):
     return ImageDataGenerator(rotation_range=360 * aug["rotation"], zoom_range=aug["zoom"],
                               width_shift_range=aug["shift"], height_shift_range=aug["shift"],
                               horizontal_flip=aug["horizontal_flip"], fill_mode="nearest")
-
-
-class LegacyBatches(keras.utils.PyDataset):
-    """A ``tf_keras`` ``NumpyArrayIterator`` as a Keras 3 dataset; one worker, like ``fit_generator``'s default."""
-
-    def __init__(self, iterator):
-        super().__init__()
-        self.iterator = iterator
-
-    def __len__(self):
-        return len(self.iterator)
-
-    def __getitem__(self, index):
-        return self.iterator[index]
 
 
 def pipeline_rates(cfg: dict, x: np.ndarray, batch: int, rounds: int = 3) -> dict[str, float]:
@@ -90,36 +76,49 @@ def pipeline_rates(cfg: dict, x: np.ndarray, batch: int, rounds: int = 3) -> dic
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def epoch_seconds(cfg: dict, setting: str, x: np.ndarray, y: np.ndarray, epochs: int) -> float:
-    """Median seconds per epoch (first epoch excluded) of the variant's model under one augmentation setting."""
+def step_times(cfg: dict, settings: list[str], x: np.ndarray, y: np.ndarray, steps: int) -> dict[str, list[float]]:
+    """Seconds per training step (one batch, producing it included) of each setting, the settings taking turns
+    step by step so that the shared machine's slow spells hit them alike."""
     from fer_ablate.data import NUM_CLASSES
     from fer_ablate.training import build_models, compile_for_training
 
-    aug = dict(cfg["augment"])
-    aug["enabled"] = setting in ("single_warp", "keras_layers")
-    if aug["enabled"]:
-        aug["method"] = setting
-    keras.utils.clear_session()
-    keras.utils.set_random_seed(0)
-    _, model, _ = build_models({**cfg, "augment": aug})
-    compile_for_training(model, cfg["train"], len(y))
-    images, targets = x.astype(np.float32)[..., None], keras.utils.to_categorical(y, NUM_CLASSES)
-    clock = EpochTimes()
     batch = cfg["train"]["batch_size"]
-    if setting == "ImageDataGenerator":
-        flow = legacy_generator(cfg["augment"]).flow(images, targets, batch_size=batch, shuffle=True, seed=0)
-        model.fit(LegacyBatches(flow), epochs=epochs, callbacks=[clock], verbose=0)
-    else:
-        model.fit(images, targets, batch_size=batch, epochs=epochs, callbacks=[clock], verbose=0)
-    return statistics.median(clock.times[1:])
+    images, targets = x.astype(np.float32)[..., None], keras.utils.to_categorical(y, NUM_CLASSES)
+    runners = {}
+    for setting in settings:
+        aug = {**cfg["augment"], "enabled": setting in ("single_warp", "keras_layers")}
+        if aug["enabled"]:
+            aug["method"] = setting
+        _, model, _ = build_models({**cfg, "augment": aug})
+        compile_for_training(model, cfg["train"], len(y))
+        if setting == "ImageDataGenerator":  # the paper's loop: a CPU-made batch, then a step on it
+            flow = legacy_generator(cfg["augment"]).flow(images, targets, batch_size=batch, shuffle=True, seed=0)
+            runners[setting] = lambda model=model, flow=flow: model.train_on_batch(*next(flow))
+        else:
+            batches = iter(range(10**9))
+            runners[setting] = lambda model=model, batches=batches: model.train_on_batch(
+                *_batch(images, targets, next(batches), batch))
+        for _ in range(3):  # tracing and oneDNN kernel choice, not timed
+            runners[setting]()
+    times: dict[str, list[float]] = {setting: [] for setting in settings}
+    for _ in range(steps):
+        for setting, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[setting].append(time.perf_counter() - start)
+    return times
+
+
+def _batch(images: np.ndarray, targets: np.ndarray, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    start = (index * size) % (len(images) - size)
+    return images[start:start + size], targets[start:start + size]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="fast_cpu")
     parser.add_argument("--images", type=int, default=3072, help="synthetic training images per epoch")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (the first is not timed)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds over all settings, interleaved")
+    parser.add_argument("--steps", type=int, default=60, help="timed training steps per setting, interleaved")
     parser.add_argument("--settings", default="none,single_warp,keras_layers,ImageDataGenerator")
     args = parser.parse_args()
     from fer_ablate.config import resolve_config
@@ -137,19 +136,17 @@ def main() -> None:
         print(f"  {name:<20} {rate:>9.0f}   x{rate / rates['ImageDataGenerator']:.1f} vs ImageDataGenerator",
               flush=True)
     settings = args.settings.split(",")
-    times: dict[str, list[float]] = {s: [] for s in settings}
-    for round_ in range(args.repeats):
-        for setting in settings:
-            times[setting].append(epoch_seconds(cfg, setting, x, y, args.epochs))
-            print(f"round {round_ + 1}/{args.repeats} {setting}: {times[setting][-1]:.2f} s/epoch", flush=True)
-    base = statistics.median(times[settings[0]])
-    legacy = statistics.median(times["ImageDataGenerator"]) if "ImageDataGenerator" in times else None
-    print(f"training, seconds per epoch of {args.images} images (median of {args.repeats} rounds):")
-    for setting, values in times.items():
-        median = statistics.median(values)
-        vs_legacy = f"   x{legacy / median:.2f} faster than ImageDataGenerator" if legacy else ""
-        print(f"  {setting:<20} {median:>7.2f} s   {100 * (median / base - 1):+6.1f}% vs {settings[0]}{vs_legacy}")
-
+    times = step_times(cfg, settings, x, y, args.steps)
+    medians = {setting: statistics.median(values) for setting, values in times.items()}
+    base, legacy = medians[settings[0]], medians.get("ImageDataGenerator")
+    print(f"training, seconds per step of {cfg['train']['batch_size']} images (median of {args.steps}, interleaved):")
+    for setting, median in medians.items():
+        vs_legacy = f"   x{legacy / median:.2f} vs ImageDataGenerator" if legacy else ""
+        print(f"  {setting:<20} {1000 * median:>7.1f} ms  {100 * (median / base - 1):+6.1f}% vs {settings[0]}"
+              f"{vs_legacy}")
+    train_rate = cfg["train"]["batch_size"] / base
+    for name, rate in rates.items():  # the pipeline's share of a step if it ran in series with the model
+        print(f"  {name}: augmentation alone is {100 * train_rate / rate:.1f}% of an unaugmented step's time")
 
 if __name__ == "__main__":
     main()

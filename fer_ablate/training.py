@@ -200,8 +200,13 @@ class EpochClock(keras.callbacks.Callback):
         if epoch == 0:
             self.first_epoch_seconds = time.perf_counter() - self.started
             total = self.first_epoch_seconds * self.epochs
-            log.info("epoch 1 took %.1f s; estimated total for %d epochs: %s",
-                     self.first_epoch_seconds, self.epochs, _duration(total))
+            if self.budget and total > self.budget:
+                log.info("epoch 1 took %.1f s; the %s time budget allows about %d of the %d epochs",
+                         self.first_epoch_seconds, _duration(self.budget), self.budget // self.first_epoch_seconds,
+                         self.epochs)
+            else:
+                log.info("epoch 1 took %.1f s; estimated total for %d epochs: %s",
+                         self.first_epoch_seconds, self.epochs, _duration(total))
 
 
 def _duration(seconds: float) -> str:
