@@ -36,6 +36,9 @@ class RandomAffine(keras.layers.Layer):
             bool(horizontal_flip), float(rotation), float(zoom), float(shift), seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = False
+        # TensorFlow's warp op (ImageProjectiveTransformV3) has no XLA kernel: tell Keras, which then trains
+        # without XLA (with a warning) instead of failing at the first step. JAX's warp compiles.
+        self.supports_jit = keras.backend.backend() != "tensorflow"
 
     def _uniform(self, batch, limit):
         return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)

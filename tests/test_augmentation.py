@@ -1,5 +1,8 @@
 """The single-warp augmentation layer, the test-time flip wrapper and the time-based learning-rate schedule."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -70,6 +73,12 @@ def test_test_time_flip_model_is_mirror_invariant_and_survives_saving(tmp_path, 
     inference.save(tmp_path / "flip.keras")
     reloaded = keras.saving.load_model(tmp_path / "flip.keras")
     assert np.allclose(reloaded.predict(faces, verbose=0), probs, atol=1e-6)
+    # A fresh process that only imports the loader (as evaluate, predict and serving do) knows the layer too.
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from fer_ablate.tracking import load_model; "
+                             "print(load_model(sys.argv[1]).count_params())", str(tmp_path / "flip.keras")],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split()[-1] == str(params)
 
 
 def test_time_cosine_warms_up_then_decays_to_one_percent_of_the_peak():
@@ -80,3 +89,14 @@ def test_time_cosine_warms_up_then_decays_to_one_percent_of_the_peak():
     assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(1e-5, rel=1e-3) == rates[5]
     with pytest.raises(ConfigError, match="time_budget_minutes > 0"):
         resolve_config("paper", {"train.lr_schedule": "cosine_time"})
+
+
+def test_xla_request_with_the_warp_falls_back_instead_of_failing(faces):
+    from fer_ablate.training import compile_for_training
+
+    cfg = resolve_config("paper", tiny_overrides(**{"train.jit_compile": "xla"}))
+    _, training, _ = build_models(cfg)
+    with pytest.warns(UserWarning, match="jit_compile"):
+        compile_for_training(training, cfg["train"], len(faces))
+    targets = keras.utils.to_categorical(np.arange(len(faces)) % 7, 7)
+    assert np.isfinite(training.train_on_batch(faces, targets)[0])  # TensorFlow's warp has no XLA kernel
