@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="median pruner: epochs before pruning starts")
     parser.add_argument("--startup", type=int, default=3, help="median pruner: trials before pruning starts")
     parser.add_argument("--reduction", type=int, default=3, help="successive halving / Hyperband reduction factor")
+    parser.add_argument("--seed", type=int, default=0, help="both samplers' seed")
     parser.add_argument("--min-resource", type=int, default=1, help="successive halving / Hyperband first rung")
     parser.add_argument("--tpe-startup", type=int, default=4, help="TPE: random trials before modelling")
     parser.add_argument("--prune-on", default="val_accuracy", choices=["val_accuracy", "val_loss"],
@@ -76,12 +77,12 @@ def main() -> None:
         pruner |= {"min_resource": args.min_resource, "reduction_factor": args.reduction}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        random = study(Path(tmp), "random_unpruned", {"type": "random", "seed": 0}, {"type": "none"},
+        random = study(Path(tmp), "random_unpruned", {"type": "random", "seed": args.seed}, {"type": "none"},
                        args.trials, args.epochs, args.samples)
-        tpe = study(Path(tmp), "tpe_pruned", {"type": "tpe", "seed": 0, "n_startup_trials": args.tpe_startup},
+        tpe = study(Path(tmp), "tpe_pruned", {"type": "tpe", "seed": args.seed, "n_startup_trials": args.tpe_startup},
                     pruner, args.trials, args.epochs, args.samples, args.prune_on)
     print(f"{args.trials} trials x up to {args.epochs} epochs, synthetic n={args.samples}, pruner {pruner}, "
-          f"TPE n_startup_trials={args.tpe_startup}, pruning on {args.prune_on}")
+          f"TPE n_startup_trials={args.tpe_startup}, pruning on {args.prune_on}, sampler seed {args.seed}")
     for label, result in (("random, no pruning", random), (f"TPE + {args.pruner}", tpe)):
         print(f"{label}: best val_accuracy {result['best']:.4f}, epochs {result['epochs']}, {result['states']}, "
               f"{result['minutes']:.1f} min")
