@@ -36,7 +36,8 @@ TF_KERAS = ROOT / ".cache" / "bench-tfkeras"
 
 def legacy_generator(aug: dict):
     """The paper's ``ImageDataGenerator`` with the same ranges as the config's augmentation."""
-    sys.path.insert(0, str(TF_KERAS))
+    if str(TF_KERAS) not in sys.path:
+        sys.path.insert(0, str(TF_KERAS))
     try:
         from tf_keras.preprocessing.image import ImageDataGenerator
     except ImportError:
