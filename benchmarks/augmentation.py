@@ -49,7 +49,7 @@ def legacy_generator(aug: dict):
 
 def pipeline_rates(cfg: dict, x: np.ndarray, batch: int, rounds: int = 3) -> dict[str, float]:
     """Augmented images/s of each pipeline alone (no model), median of ``rounds`` passes over ``x``."""
-    from fer_ablate.training import build_augmenter
+    from fer_ablate.training.loop import build_augmenter
 
     images = x.astype(np.float32)[..., None]
     rates: dict[str, list[float]] = {"single_warp": [], "keras_layers": [], "ImageDataGenerator": []}
@@ -81,7 +81,7 @@ def step_times(cfg: dict, settings: list[str], x: np.ndarray, y: np.ndarray, ste
     """Seconds per training step (one batch, producing it included) of each setting, the settings taking turns
     step by step so that the shared machine's slow spells hit them alike."""
     from fer_ablate.data import NUM_CLASSES
-    from fer_ablate.training import build_models, compile_for_training
+    from fer_ablate.training.loop import build_models, compile_for_training
 
     batch = cfg["train"]["batch_size"]
     images, targets = x.astype(np.float32)[..., None], keras.utils.to_categorical(y, NUM_CLASSES)
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed training steps per setting, interleaved")
     parser.add_argument("--settings", default="none,single_warp,keras_layers,ImageDataGenerator")
     args = parser.parse_args()
-    from fer_ablate.config import resolve_config
+    from fer_ablate.config.settings import resolve_config
     from fer_ablate.data.synthetic import make_synthetic_faces
 
     cfg = resolve_config(args.variant)

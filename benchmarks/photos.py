@@ -49,14 +49,14 @@ def load_fer():
 
 
 def our_classifier(model_uri: str | None):
-    from fer_ablate.photo_model import FaceClassifier
+    from fer_ablate.inference.pyfunc_model import FaceClassifier
 
     if model_uri:
-        from fer_ablate.registry import load_classifier
+        from fer_ablate.tracking.model_registry import load_classifier
 
         return load_classifier(model_uri), True
-    from fer_ablate.config import resolve_config
-    from fer_ablate.training import build_models
+    from fer_ablate.config.settings import resolve_config
+    from fer_ablate.training.loop import build_models
 
     inference, _, _ = build_models(resolve_config("paper"))
     return FaceClassifier(inference), False
@@ -112,7 +112,7 @@ def main() -> None:
         print(f"{name:<28} {t_ours:>11.1f} {t_fer:>8.1f} {t_fer / t_ours:>6.2f}  "
               f"{len(ours.analyse(grey))} / {len(fer.detect_emotions(bgr))}")
 
-    from fer_ablate.config import resolve_config
+    from fer_ablate.config.settings import resolve_config
     from fer_ablate.data import load_dataset
 
     real = REAL_FER2013.exists()
@@ -140,7 +140,7 @@ def main() -> None:
 
 def accuracy_through_pipelines(fer, ours, faces: np.ndarray, labels: np.ndarray, scale: int) -> None:
     """fer's model three ways on the same faces: tight crops; fer's own detect + crop; our detect + crop."""
-    from fer_ablate.faces import crop_face
+    from fer_ablate.inference.faces import crop_face
 
     side = 48 * scale
     print(f"\n## accuracy on {len(faces)} FER2013 PublicTest faces, each shown as a {side}x{side} close-up photo")

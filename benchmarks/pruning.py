@@ -39,7 +39,7 @@ SPACE = {
 def study(folder: Path, name: str, sampler: dict, pruner: dict, trials: int, epochs: int, samples: int,
           prune_on: str = "val_accuracy") -> dict:
     """Run one study of ``trials`` through the framework; its best value, epochs consumed and trial states."""
-    from fer_ablate.tuning import run_study
+    from fer_ablate.tuning.study import run_study
 
     space = {**SPACE, "name": name, "sampler": sampler, "pruner": pruner, "epochs": epochs, "prune_on": prune_on,
              "fixed": {**SPACE["fixed"], "data.synthetic_samples": samples}}

@@ -14,9 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
-from fer_ablate.config import parse_set_args, resolve_config  # noqa: E402
+from fer_ablate.config.settings import parse_set_args, resolve_config  # noqa: E402
 from fer_ablate.data import load_dataset  # noqa: E402
-from fer_ablate.training import train  # noqa: E402
+from fer_ablate.training.loop import train  # noqa: E402
 
 
 def main() -> None:

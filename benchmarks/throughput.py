@@ -1,7 +1,7 @@
 """Training throughput of the paper CNN through the framework, as a fraction of this CPU's SGEMM rate.
 
 Measured in one run: numpy float32 matrix-product FLOP/s (the baseline), then images/s of
-``fer_ablate.training.train`` for each setting (precision, XLA, batch size, augmentation), expressed as
+``fer_ablate.training.loop.train`` for each setting (precision, XLA, batch size, augmentation), expressed as
 achieved training FLOP/s = images/s x 3 x 2 x forward MACs per image (forward + two backward products).
 Timing skips each run's first epoch (graph tracing, XLA compilation, oneDNN kernel selection).
 
@@ -81,10 +81,10 @@ class EpochTimes(keras.callbacks.Callback):
 
 
 def images_per_second(overrides: dict, images: int, epochs: int) -> float:
-    from fer_ablate.config import resolve_config
+    from fer_ablate.config.settings import resolve_config
     from fer_ablate.data import Dataset
     from fer_ablate.data.synthetic import make_synthetic_faces
-    from fer_ablate.training import train
+    from fer_ablate.training.loop import train
 
     cfg = resolve_config("paper", {"train.epochs": epochs, "train.verbose": 0, **overrides})
     x, y = make_synthetic_faces(images + 64, seed=0)
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per setting (the first is not timed)")
     parser.add_argument("--only", default=",".join(SETTINGS), help="comma-separated settings")
     args = parser.parse_args()
-    from fer_ablate.config import resolve_config
-    from fer_ablate.training import build_models
+    from fer_ablate.config.settings import resolve_config
+    from fer_ablate.training.loop import build_models
 
     peak = sgemm_flops()
     inference, _, params = build_models(resolve_config("paper"))

@@ -26,8 +26,8 @@ LINES = (0.60, 0.63, 0.66, 0.712)
 
 def train_variants(variants: list[str], minutes: float, data: str, extra: list[str]) -> list[str]:
     from fer_ablate.cli import configure_logging
-    from fer_ablate.config import parse_set_args, resolve_config
-    from fer_ablate.train_run import train_and_track
+    from fer_ablate.config.settings import parse_set_args, resolve_config
+    from fer_ablate.runs.single import train_and_track
 
     configure_logging()
     run_ids = []
@@ -57,7 +57,7 @@ def curves(run_ids: list[str]) -> dict[str, tuple[str, list[float], list[float]]
 
 def report(data: dict[str, tuple[str, list[float], list[float]]]) -> Path:
     from fer_ablate import tracking
-    from fer_ablate.plots import plt, save_figure
+    from fer_ablate.reports.plots import plt, save_figure
 
     print(f"{'variant':<12} {'epochs':>6} {'minutes':>8} {'best val':>9} " + " ".join(f"{f'@{100 * x:.1f}%':>9}"
                                                                                    for x in LINES))

@@ -20,10 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fer_ablate.config import parse_set_args, resolve_config  # noqa: E402
+from fer_ablate.config.settings import parse_set_args, resolve_config  # noqa: E402
 from fer_ablate.data import load_dataset  # noqa: E402
 from fer_ablate.models import build_from_config  # noqa: E402
-from fer_ablate.training import train  # noqa: E402
+from fer_ablate.training.loop import train  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import signal
 import sys
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
-
-
-def configure_logging() -> None:
-    """INFO lines with time for our modules; libraries' chatter at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "PIL", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from fer_ablate.logs import configure_logging
 
 
 def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
@@ -51,7 +41,7 @@ def _optional_int(minimum: int):
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Shortcut flags first, then ``--set`` (later wins); the config module validates every key."""
-    from .config import parse_set_args
+    from fer_ablate.config.settings import parse_set_args
 
     shortcuts = {"data.source": args.data, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
                  "train.seed": args.seed}
@@ -62,8 +52,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one variant as a tracked MLflow run."""
-    from .config import resolve_config
-    from .train_run import train_and_track
+    from fer_ablate.config.settings import resolve_config
+    from fer_ablate.runs.single import train_and_track
 
     cfg = resolve_config(args.variant, _overrides(args), variants_file=args.variant_file)
     run_id, metrics = train_and_track(cfg, experiment=args.experiment_name, run_name=args.run_name,
@@ -74,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_variants(args: argparse.Namespace) -> int:
     """List each variant and what it changes from the paper's model."""
-    from .config import load_variants
+    from fer_ablate.config.settings import load_variants
 
     for name, body in load_variants(args.variant_file).items():
         changes = ", ".join(f"{k}={v}" for k, v in body["overrides"].items()) or "(the defaults)"
@@ -84,7 +74,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a saved model on every split of a data source."""
-    from .evaluate import evaluate_model, format_report
+    from fer_ablate.inference.score_dataset import evaluate_model, format_report
 
     report = evaluate_model(args.model, args.data, skip_bad_rows=args.skip_bad_rows)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -93,9 +83,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Run (or resume) every run of an experiment file under one parent run."""
-    from .ablation import describe, run_experiment
-    from .config import parse_set_args
-    from .experiment_spec import expand, load_experiment
+    from fer_ablate.config.experiment_file import expand, load_experiment
+    from fer_ablate.config.settings import parse_set_args
+    from fer_ablate.runs.grid import describe, run_experiment
 
     extra = parse_set_args(args.set)
     if args.dry_run:
@@ -107,7 +97,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                              tracking_uri=args.tracking_uri)
     print(json.dumps(outcome.__dict__, indent=2))
     if not args.no_report and args.storage is None:
-        from .reporting import write_report
+        from fer_ablate.reports.grid_report import write_report
 
         folder = write_report(args.experiment, tracking_uri=args.tracking_uri)
         print(f"report: {folder / 'report.html'}")
@@ -116,14 +106,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_kfold(args: argparse.Namespace) -> int:
     """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment."""
-    from .kfold import run_kfold
+    from fer_ablate.runs.cross_validation import run_kfold
 
     outcomes = run_kfold(variant=args.variant, experiment=args.experiment or None, folds=args.folds,
                          seed=args.fold_seed, include_validation=args.include_validation, fold_file=args.fold_file,
                          extra=_overrides(args), workers=args.workers or 1, tracking_uri=args.tracking_uri)
     print(json.dumps([o.__dict__ for o in outcomes], indent=2))
     if not args.no_report:
-        from .kfold_report import write_kfold_report
+        from fer_ablate.reports.kfold_report import write_kfold_report
 
         target = outcomes[0].parent_run_id if len(outcomes) == 1 else args.experiment
         folder = write_kfold_report(target, tracking_uri=args.tracking_uri)
@@ -134,10 +124,10 @@ def cmd_kfold(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Markdown + HTML + PNG report of an experiment's (or a k-fold run's) tracked runs, logged to its parent."""
-    from .reporting import write_report
+    from fer_ablate.reports.grid_report import write_report
 
     if args.kfold:
-        from .kfold_report import write_kfold_report
+        from fer_ablate.reports.kfold_report import write_kfold_report
 
         folder = write_kfold_report(args.kfold, out_dir=args.out, tracking_uri=args.tracking_uri)
     else:
@@ -148,8 +138,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Create or resume an Optuna study over a search-space file."""
-    from .config import parse_set_args
-    from .tuning import run_study
+    from fer_ablate.config.settings import parse_set_args
+    from fer_ablate.tuning.study import run_study
 
     summary = run_study(args.space, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage or None,
                         study_name=args.study_name, workers=args.workers or 1, extra=parse_set_args(args.set),
@@ -160,9 +150,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_tune_report(args: argparse.Namespace) -> int:
     """Log a study's best trial, plots and best variant to its parent run (again)."""
-    from . import tracking
-    from .tuning import EXPERIMENT, KIND, default_storage
-    from .tuning_report import report_study
+    from fer_ablate import tracking
+    from fer_ablate.tuning.study import EXPERIMENT, KIND, default_storage
+    from fer_ablate.tuning.study_report import report_study
 
     experiment_id = tracking.configure(EXPERIMENT, args.tracking_uri)
     parent = tracking.open_parent(experiment_id, KIND, args.study_name)
@@ -174,7 +164,7 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Register a run's model (as a photo model) and move the alias to it."""
-    from .registry import promote
+    from fer_ablate.tracking.model_registry import promote
 
     version = promote(args.run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
     print(f"registered {args.name} version {version.version}; models:/{args.name}@{args.alias} -> version "
@@ -184,8 +174,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Faces and emotions in photos, folders and videos."""
-    from .predict import predict_paths
-    from .registry import load_classifier
+    from fer_ablate.inference.predict import predict_paths
+    from fer_ablate.tracking.model_registry import load_classifier
 
     classifier = load_classifier(args.model, tta=args.tta, equalize=args.equalize, tracking_uri=args.tracking_uri)
     records = predict_paths(classifier, args.inputs, out_dir=args.out, every=args.every, crops=args.crops,
@@ -201,7 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered model builders."""
-    from .models import list_models
+    from fer_ablate.models import list_models
 
     print("\n".join(list_models(args.pattern)))
     return 0
@@ -326,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fer-ablate`` console script."""
-    from .config import ConfigError
-    from .data import DataError
+    from fer_ablate.config.settings import ConfigError
+    from fer_ablate.data import DataError
 
     configure_logging()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -341,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         print("fer-ablate: interrupted", file=sys.stderr)
         return 130
     except RuntimeError as exc:  # TrackingError and friends: a clear line, not a traceback
-        from .tracking import TrackingError
-        from .work_queue import StorageError
+        from fer_ablate.runs.shared_queue import StorageError
+        from fer_ablate.tracking.core import TrackingError
 
         if isinstance(exc, (TrackingError, StorageError)):
             print(f"fer-ablate: error: {exc}", file=sys.stderr)

@@ -15,8 +15,8 @@ import pytest
 from conftest import PROJECT
 from mlflow.tracking import MlflowClient
 
-from fer_ablate.ablation import run_experiment
-from fer_ablate.reporting import write_report
+from fer_ablate.reports.grid_report import write_report
+from fer_ablate.runs.grid import run_experiment
 
 
 def _children(name: str):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides
 
-from fer_ablate.augmentation import RandomAffine
-from fer_ablate.config import ConfigError, resolve_config
-from fer_ablate.training import TimeCosine, build_augmenter, build_models
+from fer_ablate.config.settings import ConfigError, resolve_config
+from fer_ablate.models.augmentation import RandomAffine
+from fer_ablate.training.loop import TimeCosine, build_augmenter, build_models
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_test_time_flip_model_is_mirror_invariant_and_survives_saving(tmp_path, 
     reloaded = keras.saving.load_model(tmp_path / "flip.keras")
     assert np.allclose(reloaded.predict(faces, verbose=0), probs, atol=1e-6)
     # A fresh process that only imports the loader (as evaluate, predict and serving do) knows the layer too.
-    loaded = subprocess.run([sys.executable, "-c", "import sys; from fer_ablate.tracking import load_model; "
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from fer_ablate.tracking.core import load_model; "
                              "print(load_model(sys.argv[1]).count_params())", str(tmp_path / "flip.keras")],
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
@@ -92,7 +92,7 @@ def test_time_cosine_warms_up_then_decays_to_one_percent_of_the_peak():
 
 
 def test_xla_request_with_the_warp_falls_back_instead_of_failing(faces):
-    from fer_ablate.training import compile_for_training
+    from fer_ablate.training.loop import compile_for_training
 
     cfg = resolve_config("paper", tiny_overrides(**{"train.jit_compile": "xla"}))
     _, training, _ = build_models(cfg)

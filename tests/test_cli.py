@@ -6,8 +6,8 @@ import numpy as np
 from conftest import tiny_overrides
 
 from fer_ablate.cli import main
-from fer_ablate.config import resolve_config
-from fer_ablate.training import build_models
+from fer_ablate.config.settings import resolve_config
+from fer_ablate.training.loop import build_models
 
 
 def test_variants_lists_each_change(capsys):

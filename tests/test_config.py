@@ -1,6 +1,6 @@
 import pytest
 
-from fer_ablate.config import (
+from fer_ablate.config.settings import (
     ConfigError,
     apply_overrides,
     config_hash,

@@ -5,7 +5,7 @@ import pytest
 from conftest import REAL_FER2013, fer_row
 from PIL import Image
 
-from fer_ablate.config import load_defaults
+from fer_ablate.config.settings import load_defaults
 from fer_ablate.data import CLASS_NAMES, DataError, load_dataset, resolve_source
 from fer_ablate.data.fer_csv import parse_fer_csv
 from fer_ablate.data.synthetic import CLASS_PRIORS, make_synthetic_faces

@@ -3,8 +3,8 @@
 import pytest
 from conftest import PROJECT
 
-from fer_ablate.config import ConfigError
-from fer_ablate.experiment_spec import expand, load_experiment
+from fer_ablate.config.experiment_file import expand, load_experiment
+from fer_ablate.config.settings import ConfigError
 
 EXPERIMENT_FILES = sorted((PROJECT / "experiments").glob("*.yaml"))
 

@@ -11,14 +11,14 @@ from conftest import PROJECT, TINY
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.cli import main
-from fer_ablate.config import resolve_config
+from fer_ablate.config.search_space import load_space
+from fer_ablate.config.settings import resolve_config
 from fer_ablate.data import load_dataset
-from fer_ablate.evaluation import evaluate_probabilities
-from fer_ablate.folds import FoldError, check_matches, load_folds, make_folds, training_pool
-from fer_ablate.kfold import ensemble_probabilities, run_kfold
-from fer_ablate.kfold_report import write_kfold_report
-from fer_ablate.search_space import load_space
-from fer_ablate.tuning import run_study
+from fer_ablate.data.folds import FoldError, check_matches, load_folds, make_folds, training_pool
+from fer_ablate.reports.kfold_report import write_kfold_report
+from fer_ablate.runs.cross_validation import ensemble_probabilities, run_kfold
+from fer_ablate.training.metrics import evaluate_probabilities
+from fer_ablate.tuning.study import run_study
 
 TINY_DATA = {**TINY, "data.source": "synthetic"}
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fer_ablate.config import load_variants, resolve_config
+from fer_ablate.config.settings import load_variants, resolve_config
 from fer_ablate.models import build_from_config, create_model, list_models
 
 

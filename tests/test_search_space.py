@@ -4,9 +4,9 @@ import optuna
 import pytest
 from conftest import PROJECT
 
-from fer_ablate.config import ConfigError, resolve_config
-from fer_ablate.search_space import load_space
-from fer_ablate.tuning import make_pruner, make_sampler, suggest
+from fer_ablate.config.search_space import load_space
+from fer_ablate.config.settings import ConfigError, resolve_config
+from fer_ablate.tuning.study import make_pruner, make_sampler, suggest
 
 SPACE_FILES = sorted((PROJECT / "search_spaces").glob("*.yaml"))
 
@@ -72,7 +72,7 @@ def test_validation_errors_name_file_and_key(tmp_path, text, message):
 
 def test_pruning_signal_is_reported_in_the_study_direction():
     """A loss reported to a maximising study is negated, so the pruner keeps the trials with low loss."""
-    from fer_ablate.tuning import TrialReporter
+    from fer_ablate.tuning.study import TrialReporter
 
     study = optuna.create_study(direction="maximize")
     trial = study.ask()

@@ -13,7 +13,7 @@ from conftest import PROJECT
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from fer_ablate.work_queue import StorageError, open_rdb_storage
+from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
 
 
 def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):

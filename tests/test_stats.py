@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fer_ablate.stats import mean_ci, paired_effect
+from fer_ablate.reports.stats import mean_ci, paired_effect
 
 # Five folds of two variants: b is better on four of five folds.
 A = [0.612, 0.598, 0.630, 0.605, 0.621]

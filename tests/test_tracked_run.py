@@ -14,9 +14,9 @@ import pytest
 from conftest import PROJECT, tiny_overrides
 from mlflow.tracking import MlflowClient
 
-from fer_ablate.config import resolve_config
-from fer_ablate.tracking import TrackingError
-from fer_ablate.train_run import train_and_track
+from fer_ablate.config.settings import resolve_config
+from fer_ablate.runs.single import train_and_track
+from fer_ablate.tracking.core import TrackingError
 
 EPOCH_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "wall_seconds"}
 

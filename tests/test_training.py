@@ -3,9 +3,9 @@
 import pytest
 from conftest import tiny_overrides
 
-from fer_ablate.config import resolve_config
+from fer_ablate.config.settings import resolve_config
 from fer_ablate.data import load_dataset
-from fer_ablate.training import build_models, train
+from fer_ablate.training.loop import build_models, train
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from conftest import PROJECT
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from fer_ablate.tuning import run_study
-from fer_ablate.work_queue import StorageError
+from fer_ablate.runs.shared_queue import StorageError
+from fer_ablate.tuning.study import run_study
 
 
 def _space(tmp_path, name: str, extra: str = "", pruner: str = "{type: none}") -> str:

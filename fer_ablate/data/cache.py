@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import cache_dir
+from fer_ablate.paths import cache_dir
 
 CACHE_VERSION = "v1"  # bump when the parser's output changes
 

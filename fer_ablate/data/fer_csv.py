@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import IMAGE_SIZE, NUM_CLASSES, DataError
+from fer_ablate.data.dataset import IMAGE_SIZE, NUM_CLASSES, DataError
 
 try:  # the optional C fast path (see _fastcsv.c)
-    from . import _fastcsv
+    from fer_ablate.data import _fastcsv
 except ImportError:  # no compiler at install time: the numpy fast path is used
     _fastcsv = None
 

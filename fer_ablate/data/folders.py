@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .dataset import CLASS_NAMES, IMAGE_SIZE, DataError, stratified_split
+from fer_ablate.data.dataset import CLASS_NAMES, IMAGE_SIZE, DataError, stratified_split
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
 SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "validation"), "test": ("test",)}

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ..paths import project_root
-from . import cache
-from .dataset import DataError, Dataset, stratified_split, stratified_subset
-from .fer_csv import SPLIT_CODES, parse_fer_csv
-from .folders import load_image_folders
-from .synthetic import GENERATOR_VERSION, make_synthetic_faces
+from fer_ablate.data import cache
+from fer_ablate.data.dataset import DataError, Dataset, stratified_split, stratified_subset
+from fer_ablate.data.fer_csv import SPLIT_CODES, parse_fer_csv
+from fer_ablate.data.folders import load_image_folders
+from fer_ablate.data.synthetic import GENERATOR_VERSION, make_synthetic_faces
+from fer_ablate.paths import project_root
 
 log = logging.getLogger(__name__)
 SYNTHETIC_SEED = 2013  # fixed: every variant and every machine sees the same synthetic faces

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import IMAGE_SIZE, NUM_CLASSES
+from fer_ablate.data.dataset import IMAGE_SIZE, NUM_CLASSES
 
 # FER2013 training counts in label order (angry, disgust, fear, happy, sad, surprise, neutral).
 FER2013_TRAIN_COUNTS = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965])

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from .registry import register_model
+from fer_ablate.models.registry import register_model
 
 
 @register_model

@@ -22,15 +22,15 @@ from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from . import tracking
-from .config import ConfigError, config_hash, resolve_config
-from .data import Dataset, load_dataset
-from .folds import fold_dataset, make_folds, training_pool
-from .paths import project_root
-from .search_space import SearchSpace, active, load_space
-from .train_run import train_and_track
-from .training import EPOCH_METRICS
-from .work_queue import StorageError, open_rdb_storage
+from fer_ablate import tracking
+from fer_ablate.config.search_space import SearchSpace, active, load_space
+from fer_ablate.config.settings import ConfigError, config_hash, resolve_config
+from fer_ablate.data import Dataset, load_dataset
+from fer_ablate.data.folds import fold_dataset, make_folds, training_pool
+from fer_ablate.paths import project_root
+from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
+from fer_ablate.runs.single import train_and_track
+from fer_ablate.training.loop import EPOCH_METRICS
 
 log = logging.getLogger(__name__)
 KIND = "study"
@@ -303,7 +303,7 @@ def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def _worker_entry(*args: Any) -> None:
-    from .cli import configure_logging
+    from fer_ablate.logs import configure_logging
 
     configure_logging()
     os.environ.pop("MLFLOW_RUN_ID", None)
@@ -343,7 +343,7 @@ def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None 
     except KeyboardInterrupt:
         tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume the study")
         raise
-    from .tuning_report import report_study
+    from fer_ablate.tuning.study_report import report_study
 
     summary = report_study(study_name, storage_url, parent)
     tracking.end_run_by_id(parent, "FINISHED")

@@ -11,8 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, apply_overrides, find_named_file, flatten, load_defaults, load_variants, read_mapping
-from .paths import project_root
+from fer_ablate.config.settings import (
+    ConfigError,
+    apply_overrides,
+    find_named_file,
+    flatten,
+    load_defaults,
+    load_variants,
+    read_mapping,
+)
+from fer_ablate.paths import project_root
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "hyperband", "successive_halving", "threshold", "wilcoxon", "none")

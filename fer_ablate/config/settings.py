@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-CONF_DIR = Path(__file__).parent / "conf"
+CONF_DIR = Path(__file__).parent
 DEFAULTS_FILE = CONF_DIR / "defaults.yaml"
 VARIANTS_FILE = CONF_DIR / "variants.yaml"
 

@@ -21,16 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from . import tracking
-from .config import config_hash, flatten, resolve_config
-from .data import Dataset, load_dataset
-from .evaluation import confusion, evaluate_probabilities
-from .experiment_spec import expand, load_experiment
-from .folds import FoldAssignment, FoldError, Pool, check_matches, fold_dataset, load_folds, make_folds, training_pool
-from .plots import plot_confusion
-from .processes import Progress, run_jobs
-from .stats import mean_ci
-from .train_run import ChildOutcome, train_child
+from fer_ablate import tracking
+from fer_ablate.config.experiment_file import expand, load_experiment
+from fer_ablate.config.settings import config_hash, flatten, resolve_config
+from fer_ablate.data import Dataset, load_dataset
+from fer_ablate.data.folds import (
+    FoldAssignment,
+    FoldError,
+    Pool,
+    check_matches,
+    fold_dataset,
+    load_folds,
+    make_folds,
+    training_pool,
+)
+from fer_ablate.reports.plots import plot_confusion
+from fer_ablate.reports.stats import mean_ci
+from fer_ablate.runs.jobs import Progress, run_jobs
+from fer_ablate.runs.single import ChildOutcome, train_child
+from fer_ablate.training.metrics import confusion, evaluate_probabilities
 
 log = logging.getLogger(__name__)
 KIND = "kfold"

@@ -18,8 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from . import tracking
-from .photo_model import OUTPUT_COLUMNS, PROB_COLUMNS, FaceClassifier, PhotoModel
+from fer_ablate import tracking
+from fer_ablate.inference.pyfunc_model import OUTPUT_COLUMNS, PROB_COLUMNS, FaceClassifier, PhotoModel
 
 log = logging.getLogger(__name__)
 REGISTERED_NAME = "fer-ablate"
@@ -54,10 +54,10 @@ def log_photo_model(run_id: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         keras_model.save(path)
-        package = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parent.parent  # the whole fer_ablate package travels with the model
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=PHOTO_MODEL, python_model=str(package / "photo_model_code.py"),
+                name=PHOTO_MODEL, python_model=str(package / "inference" / "pyfunc_entry.py"),
                 artifacts={"keras_model": str(path)}, code_paths=[str(package)], signature=photo_signature(),
                 input_example=(pd.DataFrame({"image": [_example_image()]}), {"tta": False, "crops": False}),
                 pip_requirements=_requirements())

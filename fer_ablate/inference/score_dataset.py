@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import load_defaults
-from .data import CLASS_NAMES, load_dataset
-from .evaluation import evaluation_report
-from .tracking import load_model
+from fer_ablate.config.settings import load_defaults
+from fer_ablate.data import CLASS_NAMES, load_dataset
+from fer_ablate.tracking.core import load_model
+from fer_ablate.training.metrics import evaluation_report
 
 
 def evaluate_model(model_uri: str, data: str = "auto", skip_bad_rows: bool = False) -> dict[str, Any]:

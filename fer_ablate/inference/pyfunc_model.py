@@ -17,8 +17,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from .data import CLASS_NAMES, IMAGE_SIZE
-from .faces import Box, FaceDetector, ImageError, as_crop, crop_face, decode_image
+from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE
+from fer_ablate.inference.faces import Box, FaceDetector, ImageError, as_crop, crop_face, decode_image
 
 log = logging.getLogger(__name__)
 PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
@@ -142,7 +142,7 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import keras
 
-        from . import models  # noqa: F401  (registers the custom layers the saved model may hold)
+        from fer_ablate import models  # noqa: F401  (registers the custom layers the saved model may hold)
 
         self.classifier = FaceClassifier(keras.saving.load_model(context.artifacts["keras_model"], compile=False))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import IMAGE_SIZE, DataError
+from fer_ablate.data import IMAGE_SIZE, DataError
 
 CROP_SCALE = 1.0 / 0.964  # frame side / Haar box side on FER2013 faces (benchmarks/crop_geometry.py)
 MAX_PIXELS = 40_000_000  # a larger decoded image is refused: a decompression bomb or a mistake

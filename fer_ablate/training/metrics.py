@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
-from .data import CLASS_NAMES, NUM_CLASSES
+from fer_ablate.data import CLASS_NAMES, NUM_CLASSES
 
 
 def evaluate_probabilities(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:

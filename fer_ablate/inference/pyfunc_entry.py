@@ -2,6 +2,6 @@
 
 import mlflow
 
-from fer_ablate.photo_model import PhotoModel
+from fer_ablate.inference.pyfunc_model import PhotoModel
 
 mlflow.models.set_model(PhotoModel())

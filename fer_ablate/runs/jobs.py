@@ -17,7 +17,7 @@ from typing import Any
 
 def _entry(fn: Callable[..., Any], tracking_uri: str, args: tuple) -> Any:
     """Entry point of a spawned worker process."""
-    from .cli import configure_logging
+    from fer_ablate.logs import configure_logging
 
     configure_logging()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -36,7 +36,7 @@ def run_jobs(fn: Callable[..., Any], jobs: list[tuple], workers: int
         for i, args in enumerate(jobs):
             yield i, fn(*args), None
         return
-    from . import tracking
+    from fer_ablate import tracking
 
     uri = tracking.mlflow.get_tracking_uri()
     context = multiprocessing.get_context("spawn")

@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, config_hash, find_named_file, flatten, load_variants, read_mapping, resolve_config
-from .paths import project_root
+from fer_ablate.config.settings import (
+    ConfigError,
+    config_hash,
+    find_named_file,
+    flatten,
+    load_variants,
+    read_mapping,
+    resolve_config,
+)
+from fer_ablate.paths import project_root
 
 DESIGNS = ("one_at_a_time", "factorial", "sequence")
 TOP_KEYS = {"name", "description", "base", "design", "seeds", "data", "fixed", "nuisance", "factors", "steps"}

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .data import CLASS_NAMES  # noqa: E402
+from fer_ablate.data import CLASS_NAMES  # noqa: E402
 
 PAPER_ACCURACY = 0.66  # Cotigliani et al., final model, validation
 TANG_2013_ACCURACY = 0.712  # FER2013 challenge winner

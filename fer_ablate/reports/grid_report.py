@@ -22,11 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import tracking  # noqa: E402
-from .data import CLASS_NAMES  # noqa: E402
-from .paths import project_root  # noqa: E402
-from .plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion, save_figure  # noqa: E402
-from .stats import mean_std, paired_effect  # noqa: E402
+from fer_ablate import tracking  # noqa: E402
+from fer_ablate.data import CLASS_NAMES  # noqa: E402
+from fer_ablate.paths import project_root  # noqa: E402
+from fer_ablate.reports.plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion, save_figure  # noqa: E402
+from fer_ablate.reports.stats import mean_std, paired_effect  # noqa: E402
 
 KIND = "ablation"
 

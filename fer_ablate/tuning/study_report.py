@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from . import tracking  # noqa: E402
-from .config import flatten, to_yaml  # noqa: E402
-from .paths import project_root  # noqa: E402
+from fer_ablate import tracking  # noqa: E402
+from fer_ablate.config.settings import flatten, to_yaml  # noqa: E402
+from fer_ablate.paths import project_root  # noqa: E402
 
 log = logging.getLogger(__name__)
 PLOTS = {
@@ -60,7 +60,7 @@ def best_variant(study: optuna.Study, study_name: str) -> dict[str, Any]:
 
 def report_study(study_name: str, storage: str, parent_run_id: str | None = None) -> dict[str, Any]:
     """Log the study's outcome to its parent run; return a summary (states, best value and params)."""
-    from .tuning import open_storage
+    from fer_ablate.tuning.study import open_storage
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     trials = study.get_trials(deepcopy=False)

@@ -15,10 +15,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from .augmentation import RandomAffine
-from .data import NUM_CLASSES, Dataset
-from .evaluation import evaluate_probabilities
-from .models import MirrorAverage, build_from_config
+from fer_ablate.data import NUM_CLASSES, Dataset
+from fer_ablate.models import MirrorAverage, build_from_config
+from fer_ablate.models.augmentation import RandomAffine
+from fer_ablate.training.metrics import evaluate_probabilities
 
 log = logging.getLogger(__name__)
 EPOCH_METRICS = {  # Keras log name -> the one name used everywhere (MLflow, reports, Optuna)

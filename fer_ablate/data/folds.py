@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .data import CLASS_NAMES, Dataset
-from .data.dataset import DataError
+from fer_ablate.data import CLASS_NAMES, Dataset
+from fer_ablate.data.dataset import DataError
 
 
 class FoldError(DataError):

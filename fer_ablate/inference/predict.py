@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import CLASS_NAMES
-from .faces import ImageError, read_image
-from .photo_model import FaceClassifier, FacePrediction
+from fer_ablate.data import CLASS_NAMES
+from fer_ablate.inference.faces import ImageError, read_image
+from fer_ablate.inference.pyfunc_model import FaceClassifier, FacePrediction
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm"}
@@ -142,7 +142,7 @@ def _predict_video(classifier: FaceClassifier, path: Path, every: int, out_dir: 
 
 def plot_timeline(points: list[tuple[float, np.ndarray | None]], title: str, path: Path) -> Path:
     """Stacked probabilities of the 7 emotions per sampled frame; gaps where no face was found."""
-    from .plots import plt, save_figure  # plots selects the headless Agg backend before pyplot loads
+    from fer_ablate.reports.plots import plt, save_figure  # plots selects the headless Agg backend before pyplot loads
 
     times = np.array([t for t, _ in points])
     probs = np.array([p if p is not None else np.full(len(CLASS_NAMES), np.nan) for _, p in points])

@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import tracking
-from .config import to_yaml
-from .experiment_spec import Experiment, RunSpec, expand, load_experiment
-from .processes import Progress, run_jobs
-from .train_run import ChildOutcome, train_child
+from fer_ablate import tracking
+from fer_ablate.config.experiment_file import Experiment, RunSpec, expand, load_experiment
+from fer_ablate.config.settings import to_yaml
+from fer_ablate.runs.jobs import Progress, run_jobs
+from fer_ablate.runs.single import ChildOutcome, train_child
 
 log = logging.getLogger(__name__)
 KIND = "ablation"
@@ -79,7 +79,7 @@ def run_experiment(
     exp = load_experiment(name_or_path)
     runs = expand(exp, extra)
     if storage:  # an invalid URL or unreachable database fails here, before any run starts
-        from .work_queue import open_rdb_storage
+        from fer_ablate.runs.shared_queue import open_rdb_storage
 
         open_rdb_storage(storage)
     experiment_id = tracking.configure(exp.name, tracking_uri)
@@ -96,7 +96,7 @@ def run_experiment(
     finished = failed = 0
     try:
         if storage:
-            from .work_queue import run_shared_grid
+            from fer_ablate.runs.shared_queue import run_shared_grid
 
             def end_orphans(live: set[str]) -> None:
                 for child in tracking.child_runs(experiment_id, KIND, exp.name):

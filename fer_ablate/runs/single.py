@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import tracking
-from .data import Dataset, load_dataset
-from .training import EPOCH_METRICS, train
+from fer_ablate import tracking
+from fer_ablate.data import Dataset, load_dataset
+from fer_ablate.training.loop import EPOCH_METRICS, train
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import tracking  # noqa: E402
-from .kfold import GROUP_KIND, KIND  # noqa: E402
-from .paths import project_root  # noqa: E402
-from .plots import save_figure  # noqa: E402
-from .reporting import finish_plot, html_page  # noqa: E402
-from .stats import PairedEffect, mean_ci, paired_effect  # noqa: E402
+from fer_ablate import tracking  # noqa: E402
+from fer_ablate.paths import project_root  # noqa: E402
+from fer_ablate.reports.grid_report import finish_plot, html_page  # noqa: E402
+from fer_ablate.reports.plots import save_figure  # noqa: E402
+from fer_ablate.reports.stats import PairedEffect, mean_ci, paired_effect  # noqa: E402
+from fer_ablate.runs.cross_validation import GROUP_KIND, KIND  # noqa: E402
 
 ALL_PAIRS_UP_TO = 5  # more variants than this: each against the base only (n^2 pairs stop being readable)
 

@@ -21,10 +21,10 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from .experiment_spec import Experiment, RunSpec
+from fer_ablate.config.experiment_file import Experiment, RunSpec
 
 if TYPE_CHECKING:
-    from .train_run import ChildOutcome
+    from fer_ablate.runs.single import ChildOutcome
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10  # how often a worker proves it is alive
@@ -136,7 +136,7 @@ def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
     ``on_round`` receives the keys being run by live workers once the round is open (stale trials
     failed), so the caller can end MLflow runs orphaned by dead workers.
     """
-    from .processes import Progress
+    from fer_ablate.runs.jobs import Progress
 
     storage = open_rdb_storage(storage_url)
     by_key = {key_of(spec): spec for spec in todo}

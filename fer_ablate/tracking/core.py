@@ -25,12 +25,12 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
-from . import models  # noqa: F401  (registers the custom layers saved models may hold)
-from .config import config_hash, flatten, to_yaml
-from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Dataset
-from .evaluation import confusion
-from .paths import default_artifact_root, default_tracking_uri, project_root
-from .plots import plot_confusion, plot_learning_curves
+from fer_ablate import models  # noqa: F401  (registers the custom layers saved models may hold)
+from fer_ablate.config.settings import config_hash, flatten, to_yaml
+from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Dataset
+from fer_ablate.paths import default_artifact_root, default_tracking_uri, project_root
+from fer_ablate.reports.plots import plot_confusion, plot_learning_curves
+from fer_ablate.training.metrics import confusion
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Photos, videos and datasets in, emotion labels out: face detection, the served pyfunc model, scoring."""

@@ -1,0 +1,1 @@
+"""Reports built from tracked runs only (never from numbers typed by hand); no TensorFlow here."""

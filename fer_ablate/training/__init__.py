@@ -1,0 +1,1 @@
+"""One training run, unaware of who drives it: Keras model, data pipeline, fit, evaluation metrics."""
