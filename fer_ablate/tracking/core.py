@@ -5,7 +5,6 @@ Training code never imports mlflow; it receives ``EpochLogger`` as an ordinary K
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -13,7 +12,6 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,85 +116,10 @@ def git_commit() -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run``, resume) a run; end it FAILED or KILLED on an exception.
-
-    A child run (``parent_run_id``) is always created afresh, even inside ``mlflow run`` whose
-    MLFLOW_RUN_ID would otherwise be resumed. Whatever was logged before an exception stays; the error
-    message is kept as the ``error`` tag.
-    """
-    if parent_run_id:
-        created = MlflowClient().create_run(
-            experiment_id, run_name=run_name, tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
-        run = mlflow.start_run(run_id=created.info.run_id)
-    else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
-    try:
-        yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (KeyboardInterrupt / SIGTERM)")
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException as exc:
-        mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
-
-
-def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None,
-                key_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-                use_launcher_run: bool = True) -> str:
-    """The parent run of a grid or study: the launcher's run under ``mlflow run``, else the latest
-    parent of the same ``kind``, ``name`` and ``key_tags`` (reused, so a re-run resumes), else a new one.
-
-    ``parent_run_id`` nests a new parent under another run (a k-fold group); ``use_launcher_run=False``
-    keeps the launcher's run for the caller (which makes it the group).
-    """
-    client = MlflowClient()
-    marker = {"fer_ablate_kind": kind, "fer_ablate_name": name, **(key_tags or {})}
-    run_id = os.environ.get("MLFLOW_RUN_ID") if use_launcher_run else None
-    if not run_id:
-        query = " and ".join(f"tags.{k} = '{v}'" for k, v in marker.items())
-        found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            nest = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-            run_id = client.create_run(experiment_id, run_name=name, tags=nest).info.run_id
-    for key, value in {**marker, **(tags or {})}.items():
-        client.set_tag(run_id, key, value)
-    return run_id
-
-
-def child_runs(experiment_id: str, kind: str, name: str) -> list[Any]:
-    """Every child run of every parent of ``kind``/``name`` in the experiment, newest first."""
-    return MlflowClient().search_runs(
-        [experiment_id], f"tags.fer_ablate_kind = '{kind}-child' and tags.fer_ablate_name = '{name}'",
-        order_by=["attributes.start_time DESC"], max_results=50000)
-
-
-def child_tags(kind: str, name: str, extra: dict[str, Any]) -> dict[str, str]:
-    """Tags that mark a run as a child of a grid or study (for resume and reports)."""
-    return {"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name, **{k: str(v) for k, v in extra.items()}}
-
-
 def active_run_id() -> str | None:
     """The id of the run active in this process, if any."""
     run = mlflow.active_run()
     return run.info.run_id if run else None
-
-
-def end_run_by_id(run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
-    """Terminate a run that is not active in this process (a parent, or a stale child of a killed grid)."""
-    client = MlflowClient()
-    if error:
-        client.set_tag(run_id, "error", error[:5000])
-    client.set_terminated(run_id, status)
 
 
 def log_parent_summary(run_id: str, metrics: dict[str, float], texts: dict[str, str] | None = None,

@@ -1,0 +1,238 @@
+"""One run lifecycle for every driver (train, ablate, kfold, tune, promote): how runs start and how they end.
+
+A run ends in a true state whatever happens inside it:
+- FINISHED when the block completes (or FAILED when the block said ``handle.fail(...)``, e.g. a child failed);
+- FAILED with an ``error`` tag on any exception;
+- KILLED on ``KeyboardInterrupt``, which is also what SIGTERM becomes (``cli.main`` and job-runner workers
+  install a handler that raises it), so Ctrl-C, ``kill`` and a launcher terminating its workers all end
+  runs KILLED instead of leaving them RUNNING.
+
+``promote`` logs into finished runs without ever starting them (``MlflowClient``), so it cannot change a
+run's status. ``end_stale_runs`` is the one place that ends runs left RUNNING by a killed process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from fer_ablate.tracking.core import DEFAULT_EXPERIMENT, configure, use_store
+
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume"
+HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children for the runs table
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where runs go: the tracking store (set once), the MLflow experiment, and the parent run (if any).
+
+    Picklable, so a spawned worker process receives it and writes to the launcher's store.
+    """
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+
+    def under(self, parent_run_id: str | None) -> RunContext:
+        """The same store and experiment with another parent run."""
+        return replace(self, parent_run_id=parent_run_id)
+
+
+def open_context(experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+                 experiment_id: str | None = None) -> RunContext:
+    """Point MLflow at the store once (checked: raises TrackingError when unusable) and choose the experiment."""
+    uri = use_store(tracking_uri)
+    return RunContext(uri, configure(experiment, uri, experiment_id))
+
+
+def enter_context(ctx: RunContext) -> None:
+    """Make ``ctx``'s store this process's store (a spawned worker calls this before any run)."""
+    os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking_uri
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+
+
+@dataclass
+class RunHandle:
+    """A run being driven by a ``with`` block; ``fail(message)`` ends it FAILED although nothing raised."""
+
+    run_id: str
+    failure: str | None = None
+
+    def fail(self, message: str) -> None:
+        """Record that the run did not do all its work (e.g. children failed); it ends FAILED with ``message``."""
+        self.failure = message
+
+
+def end_run_by_id(run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+    """Terminate a run that is not active in this process (a parent, or a stale child of a killed grid)."""
+    client = MlflowClient()
+    if error:
+        client.set_tag(run_id, "error", error[:5000])
+    client.set_terminated(run_id, status)
+
+
+def end_stale_runs(runs: Iterable[Any], reason: str, status: str = "KILLED") -> int:
+    """End every RUNNING run among ``runs`` (MLflow ``Run`` objects) with ``status`` and ``reason`` as its
+    ``error`` tag; return how many. Only call it on runs no live process is driving."""
+    count = 0
+    for run in runs:
+        if run.info.status == "RUNNING":
+            end_run_by_id(run.info.run_id, status, reason)
+            count += 1
+    return count
+
+
+def direct_children(parent_run_id: str) -> list[Any]:
+    """Runs whose ``mlflow.parentRunId`` is ``parent_run_id`` (any status)."""
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50000)
+
+
+def summarize_children(parent_run_id: str, metric: str = HEADLINE_METRIC) -> dict[str, float]:
+    """``best_<metric>`` and ``mean_<metric>`` over the FINISHED direct children that logged ``metric``
+    (empty when none did), so a parent row in the MLflow runs table shows its result."""
+    values = [run.data.metrics[metric] for run in direct_children(parent_run_id)
+              if run.info.status == "FINISHED" and metric in run.data.metrics]
+    if not values:
+        return {}
+    return {f"best_{metric}": max(values), f"mean_{metric}": sum(values) / len(values),
+            "children_finished": float(len(values))}
+
+
+@contextlib.contextmanager
+def ended_run(run_id: str, own_children: bool = False) -> Iterator[RunHandle]:
+    """Drive a run that is not active in this process (a parent, a k-fold trial) and end it truly.
+
+    On leaving: its children's headline numbers are logged (``summarize_children``); with ``own_children``
+    (this process launched every child: single-host grids, folds) a child still RUNNING is ended KILLED.
+    Then FINISHED (or FAILED after ``handle.fail``), FAILED with an ``error`` tag on an exception, KILLED on
+    KeyboardInterrupt / SIGTERM. The exception is re-raised.
+    """
+    handle = RunHandle(run_id)
+    status, error = "FINISHED", None
+    try:
+        yield handle
+    except KeyboardInterrupt:
+        status, error = "KILLED", INTERRUPTED
+        raise
+    except BaseException as exc:
+        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if status == "FINISHED" and handle.failure:
+            status, error = "FAILED", handle.failure
+        _close(handle.run_id, status, error, own_children)
+
+
+def _close(run_id: str, status: str, error: str | None, own_children: bool) -> None:
+    """End a run; a second Ctrl-C during the bookkeeping must not leave it RUNNING, so it is retried once."""
+    for _ in range(2):
+        try:
+            if own_children:
+                end_stale_runs(direct_children(run_id), "its process was stopped before the run ended")
+            summary = summarize_children(run_id)
+            client = MlflowClient()
+            for key, value in summary.items():
+                client.log_metric(run_id, key, value)
+            end_run_by_id(run_id, status, error)
+            return
+        except KeyboardInterrupt:
+            status, error = "KILLED", INTERRUPTED
+
+
+@contextlib.contextmanager
+def parent_run(ctx: RunContext, kind: str, name: str, tags: dict[str, str] | None = None,
+               key_tags: dict[str, str] | None = None, use_launcher_run: bool = True,
+               own_children: bool = True) -> Iterator[RunHandle]:
+    """Open (or reuse, for resume) the parent run of a grid, k-fold or study, and end it truly (``ended_run``).
+
+    ``ctx.parent_run_id`` nests the new parent under another run (a k-fold group). ``own_children=False``
+    for a parent shared by several machines (a PostgreSQL-shared grid), whose RUNNING children may be
+    alive elsewhere.
+    """
+    run_id = open_parent(ctx.experiment_id, kind, name, tags, key_tags, ctx.parent_run_id, use_launcher_run)
+    with ended_run(run_id, own_children) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
+                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under ``mlflow run``, resume) a run active in this process; end it truly.
+
+    A child run (``parent_run_id``) is always created afresh, even inside ``mlflow run`` whose
+    MLFLOW_RUN_ID would otherwise be resumed. Whatever was logged before an exception stays; the error
+    message is kept as the ``error`` tag.
+    """
+    if parent_run_id:
+        created = MlflowClient().create_run(
+            experiment_id, run_name=run_name, tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
+        run = mlflow.start_run(run_id=created.info.run_id)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    status, error = "FINISHED", None
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status, error = "KILLED", INTERRUPTED
+        raise
+    except BaseException as exc:
+        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        for _ in range(2):  # a second signal during the bookkeeping: try once more, then give up
+            try:
+                if error:
+                    MlflowClient().set_tag(run.info.run_id, "error", error[:5000])
+                mlflow.end_run(status)
+                break
+            except KeyboardInterrupt:
+                status, error = "KILLED", INTERRUPTED
+
+
+def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None,
+                key_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+                use_launcher_run: bool = True) -> str:
+    """The parent run of a grid or study: the launcher's run under ``mlflow run``, else the latest
+    parent of the same ``kind``, ``name`` and ``key_tags`` (reused, so a re-run resumes), else a new one.
+
+    ``parent_run_id`` nests a new parent under another run (a k-fold group); ``use_launcher_run=False``
+    keeps the launcher's run for the caller (which makes it the group). Prefer ``parent_run``, which
+    also ends the run.
+    """
+    client = MlflowClient()
+    marker = {"fer_ablate_kind": kind, "fer_ablate_name": name, **(key_tags or {})}
+    run_id = os.environ.get("MLFLOW_RUN_ID") if use_launcher_run else None
+    if not run_id:
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in marker.items())
+        found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            if "error" in found[0].data.tags:  # the last attempt's error is not this one's
+                client.delete_tag(run_id, "error")
+        else:
+            nest = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+            run_id = client.create_run(experiment_id, run_name=name, tags=nest).info.run_id
+    for key, value in {**marker, **(tags or {})}.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def child_runs(experiment_id: str, kind: str, name: str) -> list[Any]:
+    """Every child run of every parent of ``kind``/``name`` in the experiment, newest first."""
+    return MlflowClient().search_runs(
+        [experiment_id], f"tags.fer_ablate_kind = '{kind}-child' and tags.fer_ablate_name = '{name}'",
+        order_by=["attributes.start_time DESC"], max_results=50000)
+
+
+def child_tags(kind: str, name: str, extra: dict[str, Any]) -> dict[str, str]:
+    """Tags that mark a run as a child of a grid or study (for resume and reports)."""
+    return {"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name, **{k: str(v) for k, v in extra.items()}}
