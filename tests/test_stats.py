@@ -32,12 +32,34 @@ def test_paired_effect_matches_scipy():
     assert sentence.startswith("kernel5 vs kernel3: +1.2 points, 95% CI [+0.2, +2.1]") and "over 5 folds" in sentence
 
 
-def test_paired_effect_degenerate_inputs():
-    assert math.isnan(paired_effect([0.5], [0.4]).ci_low)
-    same = paired_effect([0.5, 0.6], [0.4, 0.5])  # identical differences: zero-width interval
-    assert same.ci_low == same.ci_high == pytest.approx(0.1)
+def test_paired_effect_degenerate_inputs_report_no_test():
+    single = paired_effect([0.5], [0.4])
+    assert single.degenerate and single.note == "n < 2"
+    assert all(math.isnan(v) for v in (single.ci_low, single.t_pvalue, single.wilcoxon_pvalue, single.cohens_dz))
+    assert "n < 2" in single.sentence("kernel5", "kernel3") and "p =" not in single.sentence("kernel5", "kernel3")
+    assert paired_effect([], []).note == "n < 2"
+    # Three seeds that differ by the same amount: the differences differ only by rounding (~1e-16), which
+    # scipy's t-test divides by (p ~ 1e-28). No test is possible: no p-value, no effect size, and a note.
+    assert stats.ttest_rel([0.5, 0.6, 0.7], [0.4972, 0.5972, 0.6972]).pvalue < 1e-20
+    same = paired_effect([0.5, 0.6, 0.7], [0.4972, 0.5972, 0.6972])
+    assert same.degenerate and same.note == "no spread (all 3 differences equal +0.28 points)"
+    assert same.mean_diff == pytest.approx(0.0028)
+    assert all(math.isnan(v) for v in (same.ci_low, same.ci_high, same.t_pvalue, same.wilcoxon_pvalue,
+                                       same.cohens_dz))
+    assert same.cells() == ["+0.28", "no spread (all 3 differences equal +0.28 points)", "—", "—", "—"]
+    sentence = same.sentence("kernel5", "kernel3")
+    assert "no spread" in sentence and "p =" not in sentence and "+0.3 points over 3 seeds" in sentence
     none = paired_effect([0.5, 0.6], [0.5, 0.6])
-    assert none.mean_diff == 0 and none.t_pvalue == 1.0
+    assert none.mean_diff == 0 and none.degenerate and math.isnan(none.t_pvalue)
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_effect([0.5, 0.6], [0.5])
+
+
+def test_effect_with_spread_is_not_degenerate():
+    e = paired_effect(B, A)
+    assert not e.degenerate and e.note == ""
+    assert e.cells() == ["+1.18", "[+0.24, +2.12]", f"{e.t_pvalue:.3g}", f"{e.wilcoxon_pvalue:.3g}",
+                         f"{e.cohens_dz:.2f}"]
 
 
 def test_mean_ci_matches_scipy():
