@@ -123,6 +123,9 @@ def check_matches(assignment: FoldAssignment, pool: Pool, data_digest: str, sour
     if len(assignment.fold_of) != len(pool.y):
         raise FoldError(f"{source} has {len(assignment.fold_of)} fold ids but the training pool has {len(pool.y)} "
                         "images: it was made for other data, limits or --include-validation setting")
+    if assignment.data_digest and data_digest and assignment.data_digest != data_digest:
+        raise FoldError(f"{source} was made for data {assignment.data_digest}, but this data is {data_digest}: "
+                        "the data changed since the folds were made")
     if assignment.labels_digest != labels_digest(pool.y):
         raise FoldError(f"{source} does not match the data: the pool's labels differ (made for data "
                         f"{assignment.data_digest}, this is {data_digest})")

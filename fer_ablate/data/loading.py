@@ -131,3 +131,26 @@ def _apply_limits(splits: dict, data_cfg: dict) -> dict:
         idx = stratified_subset(y, limit, data_cfg["split_seed"])
         limited[name] = (x[idx], y[idx])
     return limited
+
+
+def data_identity(data_cfg: dict[str, Any]) -> tuple[str, str]:
+    """``(concrete source, content digest)`` of the ``data`` section, cheaply, without loading the data.
+
+    ``auto`` is resolved (so adding ``data/fer2013.csv`` changes the identity); a CSV's digest is its
+    content hash (the one its cache and its runs' ``data_digest`` use); an image folder's is a digest of
+    its file list with sizes and modification times; the synthetic faces' is their generator version,
+    seed and size. A resume key that includes the digest reruns everything when the data changes.
+    Raises DataError for a source that does not exist.
+    """
+    source = resolve_source(data_cfg["source"])
+    if source == "synthetic":
+        blob = f"{GENERATOR_VERSION}|{SYNTHETIC_SEED}|{data_cfg['synthetic_samples']}"
+        return source, hashlib.sha256(blob.encode()).hexdigest()[:16]
+    path = Path(source)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            stat = item.stat()
+            h.update(f"{item.relative_to(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return str(path.resolve()), h.hexdigest()[:16]
+    return str(path.resolve()), cache.content_hash(path)
