@@ -85,7 +85,8 @@ def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
     elif isinstance(default, float):
         ok, value = is_number, float(value) if is_number else value
     elif isinstance(default, str):
-        ok = isinstance(value, str)
+        # train.devices is auto | all | a count: the one string key that also takes an int
+        ok = isinstance(value, str) or (key == "train.devices" and is_number and isinstance(value, int))
     else:  # lists of numbers (dense units, dropouts)
         ok = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
     if ok:
@@ -195,7 +196,10 @@ def validate(cfg: dict[str, Any]) -> None:
         (t["lr_schedule"] != "cosine_time" or t["time_budget_minutes"] > 0,
          "train.lr_schedule cosine_time follows the time budget: set train.time_budget_minutes > 0"),
         (t["time_budget_minutes"] >= 0, "train.time_budget_minutes must be >= 0"),
-        (t["precision"] in ("float32", "mixed_bfloat16"), "train.precision must be float32 or mixed_bfloat16"),
+        (t["precision"] in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+         "train.precision must be auto, float32, mixed_bfloat16 or mixed_float16"),
+        (str(t.get("devices", "auto")).lower() in ("auto", "all") or str(t.get("devices")).isdigit()
+         and int(t["devices"]) >= 1, "train.devices must be auto, all or a count >= 1"),
         (t["jit_compile"] in ("auto", "xla", "no_xla"), "train.jit_compile must be auto, xla or no_xla"),
         (a["method"] in ("single_warp", "keras_layers"), "augment.method must be single_warp or keras_layers"),
         (all(0 <= a[k] < 1 for k in ("rotation", "zoom", "shift")),
@@ -212,6 +216,7 @@ def config_hash(cfg: dict[str, Any]) -> str:
     """A short stable hash of everything that changes the result (verbosity excluded)."""
     relevant = copy.deepcopy(cfg)
     relevant.get("train", {}).pop("verbose", None)
+    relevant.get("train", {}).pop("devices", None)  # data parallelism splits batches, not the experiment
     relevant.pop("variant", None)  # two names for the same config are the same experiment
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
