@@ -4,14 +4,18 @@ Optuna's queue is the coordination engine: ``enqueue_trial`` puts one WAITING tr
 ``study.ask()`` pops a WAITING trial atomically (a row lock in the database), so two machines never get
 the same run. Rounds make resume safe: round ``r`` is a study named ``ablation:<name>:r<r>``; the machine
 that manages to create the next round's study (study names are unique, so exactly one does) enqueues
-the runs still pending and marks the round ready; the others join it. Heartbeats mark a trial whose
-worker died as FAIL, and Optuna's RetryHeartbeatStaleTrialCallback puts the run back in the queue.
+the runs still pending and marks the round ready; the others join it.
+
+Only Optuna's public API: each run is taken and run by ``study.optimize(..., n_trials=1)``, which pops the
+next enqueued trial and keeps its heartbeat. A trial whose worker died goes stale; ``fail_stale_trials``
+(called by every live worker before each run, and while it waits for the last runs of the round) marks
+it FAIL, and Optuna's RetryHeartbeatStaleTrialCallback puts the run back in the queue of the same round,
+so a live worker reruns it at once instead of at the next invocation.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -21,7 +25,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fer_ablate.config.experiment_file import Experiment, RunSpec
+from fer_ablate.config.experiment_file import RunSpec
 
 if TYPE_CHECKING:
     from fer_ablate.runs.single import ChildOutcome
@@ -63,8 +67,7 @@ def _busy_keys(study: optuna.Study) -> set[str]:
     return {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False, states=states)}
 
 
-def _open_round(storage: RDBStorage, grid: str, todo: list[RunSpec], key_of: Callable[[RunSpec], str]
-                ) -> optuna.Study | None:
+def _open_round(storage: RDBStorage, grid: str, todo: dict[str, RunSpec]) -> optuna.Study | None:
     """Join the current round if it still has queued runs, else create the next one with what is pending."""
     rounds = _rounds(storage, grid)
     if rounds:
@@ -74,7 +77,7 @@ def _open_round(storage: RDBStorage, grid: str, todo: list[RunSpec], key_of: Cal
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return study
         busy = _busy_keys(study) | live_keys(storage, grid)  # a long run of an older round may still train
-        todo = [spec for spec in todo if key_of(spec) not in busy]
+        todo = {key: spec for key, spec in todo.items() if key not in busy}
     if not todo:
         return None
     name = f"{grid}:r{(rounds[-1] + 1) if rounds else 0}"
@@ -84,8 +87,8 @@ def _open_round(storage: RDBStorage, grid: str, todo: list[RunSpec], key_of: Cal
         study = optuna.load_study(study_name=name, storage=storage)
         _wait_ready(study)
         return study
-    for spec in todo:
-        study.enqueue_trial({}, user_attrs={"run_key": key_of(spec), "queued": True})
+    for key in todo:
+        study.enqueue_trial({}, user_attrs={"run_key": key, "queued": True})
     study.set_user_attr("ready", True)
     log.info("work queue %s: queued %d runs", name, len(todo))
     return study
@@ -95,27 +98,6 @@ def _wait_ready(study: optuna.Study, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not study.user_attrs.get("ready") and time.monotonic() < deadline:
         time.sleep(0.5)
-
-
-class _Heartbeat:
-    """Records a trial's heartbeat in a background thread while its run trains (ask/tell has none)."""
-
-    def __init__(self, storage: RDBStorage, trial_id: int):
-        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_SECONDS):
-            self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self):
-        self.storage.record_heartbeat(self.trial_id)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 def live_keys(storage: RDBStorage, grid: str) -> set[str]:
@@ -128,47 +110,53 @@ def live_keys(storage: RDBStorage, grid: str) -> set[str]:
     return keys
 
 
-def run_shared_grid(storage_url: str, exp: Experiment, todo: list[RunSpec],
-                    run_one: Callable[[RunSpec], ChildOutcome], key_of: Callable[[RunSpec], str],
-                    on_round: Callable[[set[str]], None] = lambda live: None) -> tuple[int, int]:
-    """Take runs from the shared queue until it is empty; return (finished, failed) by this machine.
+class RunFailed(Exception):
+    """A run of the shared grid failed (recorded FAIL in the queue; its MLflow run is FAILED)."""
 
-    ``on_round`` receives the keys being run by live workers once the round is open (stale trials
-    failed), so the caller can end MLflow runs orphaned by dead workers.
+
+def run_shared_grid(storage_url: str, name: str, todo: dict[str, RunSpec],
+                    run_one: Callable[[str, RunSpec], ChildOutcome],
+                    on_round: Callable[[set[str]], None] = lambda live: None) -> tuple[int, int]:
+    """Take runs (``{run key: spec}``) from the shared queue until the round is done; return (finished,
+    failed) by this machine.
+
+    ``on_round`` receives the keys being run by live workers (stale trials failed) before each run this
+    machine takes, so the caller can end MLflow runs orphaned by dead workers (re-queued runs included).
     """
     from fer_ablate.runs.jobs import Progress
 
     storage = open_rdb_storage(storage_url)
-    by_key = {key_of(spec): spec for spec in todo}
-    finished = failed = 0
-    grid = f"ablation:{exp.name}"
-    study = _open_round(storage, grid, todo, key_of)
+    grid = f"ablation:{name}"
+    study = _open_round(storage, grid, todo)
     if study is None:
         return 0, 0
-    on_round(live_keys(storage, grid))
     progress = Progress(len(todo))
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = study.ask()
+    counts = {"finished": 0, "failed": 0}
+
+    def take(trial: optuna.Trial) -> float:
         key = trial.user_attrs.get("run_key")
         if not trial.user_attrs.get("queued"):
             # The queue emptied between our look and our ask: this trial has no run; close it.
             trial.set_user_attr("idle", True)
-            study.tell(trial, state=TrialState.PRUNED)
-            break
-        if key not in by_key:  # finished in MLflow as seen from here: nothing to run
+            raise optuna.TrialPruned("no queued run")
+        if key not in todo:  # finished in MLflow as seen from here: nothing to run
             trial.set_user_attr("skipped", "already finished")
-            study.tell(trial, state=TrialState.PRUNED)
-            continue
-        spec = by_key[key]
-        with _Heartbeat(storage, trial._trial_id):  # Optuna exposes no public trial id for ask/tell
-            outcome = run_one(spec)
+            raise optuna.TrialPruned("already finished")
+        on_round(live_keys(storage, grid) - {key})
+        outcome = run_one(key, todo[key])
         trial.set_user_attr("mlflow_run_id", outcome.run_id)
-        if outcome.ok:
-            study.tell(trial, outcome.value)
-            finished += 1
-        else:
+        counts["finished" if outcome.ok else "failed"] += 1
+        log.info(progress.line(todo[key].run_name, outcome.ok, outcome.detail))
+        if not outcome.ok:
             trial.set_user_attr("error", outcome.detail[:1000])
-            study.tell(trial, state=TrialState.FAIL)
-            failed += 1
-        log.info(progress.line(spec.run_name, outcome.ok, outcome.detail))
-    return finished, failed
+            raise RunFailed(outcome.detail)
+        return outcome.value if outcome.value is not None else float("nan")
+
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's run goes back in the queue now
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.optimize(take, n_trials=1, catch=(RunFailed,))
+        elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            time.sleep(HEARTBEAT_SECONDS)  # others still run: stay, in case one dies and its run comes back
+        else:
+            return counts["finished"], counts["failed"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fer_ablate import tracking
 from fer_ablate.data import Dataset, load_dataset
+from fer_ablate.tracking.machine_tags import log_machine_tags
+from fer_ablate.training.hardware import run_machine_tags
 from fer_ablate.training.loop import EPOCH_METRICS, train
 
 log = logging.getLogger(__name__)
@@ -24,21 +26,23 @@ def train_and_track(
     run_name: str | None = None,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
     extra_callbacks: list | None = None,
-    experiment_id: str | None = None,
     dataset: Dataset | None = None,
+    ctx: tracking.RunContext | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Train ``cfg`` as one MLflow run and return ``(run_id, final metrics)``.
 
-    The tracking store is checked before any work; a crash or Ctrl-C ends the run FAILED or KILLED
-    with everything logged so far. ``experiment_id`` (when known) wins over ``experiment``.
+    ``ctx`` (a grid's, fold's or study's run context: store, experiment, parent run) wins over
+    ``experiment`` and ``tracking_uri``, which a lone ``train`` uses. The tracking store is checked before
+    any work; a crash ends the run FAILED, Ctrl-C or SIGTERM KILLED, with everything logged so far.
     ``extra_callbacks`` (Keras callbacks) let a driver such as the Optuna objective watch the epochs.
     ``dataset`` (already loaded, e.g. one fold of a k-fold split) replaces loading ``cfg['data']``.
     """
-    experiment_id = tracking.configure(experiment, tracking_uri, experiment_id)
-    with tracking.tracked_run(experiment_id, run_name or default_run_name(cfg), tags, parent_run_id) as run:
+    ctx = ctx or tracking.open_context(experiment, tracking_uri)
+    name = run_name or default_run_name(cfg)
+    with tracking.tracked_run(ctx.experiment_id, name, tags, ctx.parent_run_id) as run:
         digest = tracking.log_config(cfg)
+        log_machine_tags(run_machine_tags(cfg["train"]["precision"]))  # backend, devices, CPU flags, precision
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
         dataset = dataset or load_dataset(cfg["data"])
         tracking.log_dataset(dataset)
@@ -52,25 +56,29 @@ def train_and_track(
 
 @dataclass
 class ChildOutcome:
-    """How one child run ended: its MLflow run id, success, a short detail line and its val_accuracy."""
+    """How one child run ended: its MLflow run id, success, a short detail line, its val_accuracy and its
+    final metrics (picklable: it travels back from worker processes)."""
 
     run_id: str
     ok: bool
     detail: str
     value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
-def train_child(cfg: dict[str, Any], run_name: str, tags: dict[str, str], parent_run_id: str, experiment_id: str,
-                dataset: Dataset | None = None) -> ChildOutcome:
-    """Train one child run of a grid or k-fold parent; a training error is recorded (run FAILED with its
-    message) and returned, never raised, so the caller's loop goes on. Ctrl-C still propagates."""
+def train_child(cfg: dict[str, Any], run_name: str, tags: dict[str, str], ctx: tracking.RunContext,
+                dataset: Dataset | None = None, extra_callbacks: list | None = None) -> ChildOutcome:
+    """Train one child run of ``ctx.parent_run_id``; a training error is recorded (run FAILED with its
+    message) and returned, never raised, so the caller's loop goes on. Ctrl-C and SIGTERM propagate (the
+    run ends KILLED)."""
     import keras
 
     try:
-        run_id, metrics = train_and_track(cfg, run_name=run_name, tags=tags, parent_run_id=parent_run_id,
-                                          experiment_id=experiment_id, dataset=dataset)
+        run_id, metrics = train_and_track(cfg, run_name=run_name, tags=tags, ctx=ctx, dataset=dataset,
+                                          extra_callbacks=extra_callbacks)
         value = metrics.get("val_accuracy")
-        return ChildOutcome(run_id, True, f"val_accuracy {value:.4f}", value)
+        floats = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        return ChildOutcome(run_id, True, f"val_accuracy {value:.4f}", value, floats)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
