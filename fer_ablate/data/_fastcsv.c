@@ -44,9 +44,20 @@ static int parse_line(const char *p, const char *end, const int *cols, int ncols
     field_hi[f] = end;
     if (f != ncols - 1) return -1;
 
+    /* Label: digits, optionally ".0..." (pandas writes 3.0 for a column that once held NaN); 0-6. */
     const char *lo = field_lo[cols[0]], *hi = field_hi[cols[0]];
-    if (!trim(&lo, &hi) || hi - lo != 1 || *lo < '0' || *lo > '6') return -1;
-    *label = (unsigned char)(*lo - '0');
+    if (!trim(&lo, &hi) || (unsigned)*lo - '0' > 9) return -1;
+    unsigned value = 0;
+    while (lo < hi && (unsigned)*lo - '0' <= 9) {
+        value = value * 10 + (unsigned)(*lo++ - '0');
+        if (value > 6) return -1;
+    }
+    if (lo < hi && *lo == '.') {
+        lo++;
+        while (lo < hi && *lo == '0') lo++;
+    }
+    if (lo != hi) return -1;
+    *label = (unsigned char)value;
 
     lo = field_lo[cols[1]]; hi = field_hi[cols[1]];
     trim(&lo, &hi);
