@@ -164,7 +164,7 @@ def test_unreadable_image_and_unknown_class_folder(tmp_path):
     _write_folder_tree(tmp_path, per_class=1)
     bad = tmp_path / "train" / "fear" / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match="broken.jpg: unreadable image"):
+    with pytest.raises(DataError, match="broken.jpg: not a readable image"):
         load_dataset(data_cfg(tmp_path))
     skipped = load_dataset(data_cfg(tmp_path, skip_bad_rows=True))
     assert skipped.skipped == {"unreadable image": 1}

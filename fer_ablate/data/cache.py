@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_ablate.paths import cache_dir
 
-CACHE_VERSION = "v1"  # bump when the parser's output changes
+CACHE_VERSION = "v2"  # bump when the parser's output changes (v2: labels such as 3.0 are accepted)
 
 
 def content_hash(path: Path) -> str:

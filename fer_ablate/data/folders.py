@@ -1,50 +1,99 @@
-"""The FER2013 image-folder release: ``<root>/train/<class>/*.jpg|png``, ``<root>/test/<class>/...``.
+"""Image-folder datasets: ``<root>/<split>/<class>/<image>``, as in the FER2013 image-folder release.
 
-Folder names (angry, disgust, ...) map to FER2013's label order. Validation comes from a ``val/`` or
-``validation/`` folder when present, else is carved from train (stratified, seeded).
+Split folders are matched without case: ``train``/``training``, ``val``/``valid``/``validation``/``dev``,
+``test``/``testing`` (``Test/`` and ``TRAIN/`` too). Class folders (angry, disgust, ...) map to FER2013's
+label order. Validation comes from a validation folder when present, else is carved from train
+(stratified, seeded). Hidden files and folders (dot-names, ``__MACOSX``, ``Thumbs.db``) are ignored; every
+other file that is not loaded is counted by reason, logged in one line and returned for the run record.
+Images are decoded by data/images.py, the decoder ``predict`` and serving use.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from fer_ablate.data.dataset import CLASS_NAMES, IMAGE_SIZE, DataError, stratified_split
+from fer_ablate.data.dataset import CLASS_NAMES, DataError, stratified_split
+from fer_ablate.data.images import IMAGE_SUFFIXES, fit_face, read_grey
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm"}
-SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "validation"), "test": ("test",)}
+log = logging.getLogger(__name__)
+SPLIT_NAMES = {
+    "train": ("train", "training", "trainset", "trainimages"),
+    "validation": ("val", "valid", "validation", "dev", "validationset", "valset", "publictest"),
+    "test": ("test", "testing", "testset", "testimages", "privatetest"),
+}
+_SPLIT_OF = {alias: split for split, aliases in SPLIT_NAMES.items() for alias in aliases}
+_LITTER = {"__macosx", "thumbs.db", "desktop.ini"}
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder name stands for (``Test`` -> test, ``train_set`` -> train), or None."""
+    return _SPLIT_OF.get(re.sub(r"[\s_\-.]", "", name.lower()))
+
+
+def is_hidden(path: Path) -> bool:
+    """Dot-names (``.DS_Store``, macOS ``._x.jpg``, ``.ipynb_checkpoints``) and OS litter are ignored."""
+    return path.name.startswith(".") or path.name.lower() in _LITTER
 
 
 def read_face(path: Path) -> np.ndarray:
     """Read one image as grey uint8 48x48 (resized when needed); DataError names the file if unreadable."""
-    try:
-        with Image.open(path) as img:
-            grey = img.convert("L")
-            if grey.size != (IMAGE_SIZE, IMAGE_SIZE):
-                grey = grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(grey, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from exc
+    return fit_face(read_grey(path))
 
 
-def _find_split_dir(root: Path, split: str) -> Path | None:
-    for name in SPLIT_FOLDERS[split]:
-        if (root / name).is_dir():
-            return root / name
-    return None
+def _find_split_dirs(root: Path, skipped: Counter) -> dict[str, Path]:
+    """Split name -> folder; unrecognised folders are warned about by name and counted."""
+    found: dict[str, Path] = {}
+    unknown = []
+    for entry in sorted(root.iterdir()):
+        if is_hidden(entry):
+            continue
+        if not entry.is_dir():
+            skipped["file outside split folders"] += 1
+            continue
+        split = split_of(entry.name)
+        if split is None:
+            unknown.append(entry.name)
+        elif split in found:
+            raise DataError(f"{root}: both '{found[split].name}' and '{entry.name}' are the {split} split: "
+                            f"keep one")
+        else:
+            found[split] = entry
+    if unknown and not found and all(n.lower() in CLASS_NAMES for n in unknown):
+        raise DataError(f"{root}: class folders without split folders: move them into {root}/train/ "
+                        f"(or {root}/test/ to evaluate a model)")
+    for name in unknown:
+        log.warning("data: %s: folder '%s' is not a split name (expected train/, val/ or validation/, test/): "
+                    "not loaded", root, name)
+        skipped[f"folder not a split name ({name[:40]})"] += 1
+    return found
 
 
 def _read_split(folder: Path, skip_bad: bool, skipped: Counter) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for class_dir in sorted(folder.iterdir()):
+        if is_hidden(class_dir):
+            continue
+        if not class_dir.is_dir():
+            skipped["file outside class folders"] += 1
+            continue
         name = class_dir.name.lower()
         if name not in CLASS_NAMES:
             raise DataError(f"{class_dir}: unknown class folder '{class_dir.name}'; expected {CLASS_NAMES}")
         for path in sorted(class_dir.iterdir()):
+            if is_hidden(path):
+                continue
+            if path.is_dir():
+                nested = [p for p in path.rglob("*") if p.is_file() and not any(map(is_hidden, p.parents))
+                          and not is_hidden(p)]
+                skipped["file in a sub-folder of a class folder"] += len(nested)
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped[f"unsupported file type ({path.suffix.lower() or 'no extension'})"] += 1
                 continue
             try:
                 images.append(read_face(path))
@@ -62,21 +111,26 @@ def _read_split(folder: Path, skip_bad: bool, skipped: Counter) -> tuple[np.ndar
 def load_image_folders(
     root: str | Path, val_fraction: float, split_seed: int, skip_bad: bool = False
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Counter]:
-    """Load train / validation / test splits from an image-folder tree."""
+    """Load the splits of an image-folder tree: ``({split: (uint8 [n,48,48], int64 [n])}, skipped)``.
+
+    ``skipped`` counts what was not loaded, by reason. A tree without train/ gives only its evaluation
+    splits (the caller decides whether that is enough). Raises DataError for a tree with no split folder,
+    an unknown class folder, two folders for one split, or an unreadable image (unless ``skip_bad``).
+    """
     root = Path(root)
     skipped: Counter = Counter()
-    train_dir = _find_split_dir(root, "train")
-    if train_dir is None:
-        raise DataError(f"{root}: no train/ folder (expected <root>/train/<class>/*.jpg)")
-    splits = {"train": _read_split(train_dir, skip_bad, skipped)}
-    val_dir = _find_split_dir(root, "validation")
-    if val_dir is not None:
-        splits["validation"] = _read_split(val_dir, skip_bad, skipped)
-    else:
+    dirs = _find_split_dirs(root, skipped)
+    if not dirs:
+        csvs = sorted(p.name for p in root.glob("*.csv*"))
+        hint = f"; to read the CSV pass {root / csvs[0]}" if len(csvs) == 1 else ""
+        raise DataError(f"{root}: no split folders (expected <root>/train/<class>/*.jpg, optional val/ and "
+                        f"test/){hint}")
+    splits = {split: _read_split(folder, skip_bad, skipped) for split, folder in dirs.items()}
+    if "validation" not in splits and "train" in splits:
         x, y = splits["train"]
         keep, carved = stratified_split(y, val_fraction, split_seed)
         splits["train"], splits["validation"] = (x[keep], y[keep]), (x[carved], y[carved])
-    test_dir = _find_split_dir(root, "test")
-    if test_dir is not None:
-        splits["test"] = _read_split(test_dir, skip_bad, skipped)
-    return splits, skipped
+    if skipped:
+        log.warning("data: %s: not loaded: %s (hidden files ignored)", root,
+                    ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
+    return {s: splits[s] for s in ("train", "validation", "test") if s in splits}, skipped

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from fer_ablate.data.dataset import DataError
+from fer_ablate.data.dataset import IMAGE_SIZE, DataError
 
 # Suffixes the loaders and ``predict`` pick up in folders (lower case); one list for both.
 IMAGE_SUFFIXES = frozenset({
@@ -76,6 +76,20 @@ def read_grey(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarr
     except OSError as exc:
         raise ImageError(f"{path}: {exc.strerror or exc}") from None
     return decode_grey(data, str(path), max_pixels)
+
+
+def fit_face(grey: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A whole image that already is a face crop, resized to ``uint8 [size, size]``.
+
+    INTER_AREA when shrinking (no aliasing), cubic when a small crop is enlarged; the same resize for
+    image folders and ``predict --crops``.
+    """
+    import cv2
+
+    if grey.shape == (size, size):
+        return grey
+    method = cv2.INTER_AREA if min(grey.shape) >= size else cv2.INTER_CUBIC
+    return cv2.resize(grey, (size, size), interpolation=method)
 
 
 def _pil_to_grey(img) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_ablate.data import cache
 from fer_ablate.data.dataset import DataError, Dataset, stratified_split, stratified_subset
-from fer_ablate.data.fer_csv import SPLIT_CODES, parse_fer_csv
+from fer_ablate.data.fer_csv import SPLIT_CODES, USAGE_TO_SPLIT, parse_fer_csv
 from fer_ablate.data.folders import load_image_folders
 from fer_ablate.data.synthetic import GENERATOR_VERSION, make_synthetic_faces
 from fer_ablate.paths import project_root
@@ -65,14 +65,12 @@ def _load_csv(path: Path, skip_bad_rows: bool) -> tuple[dict, str, dict]:
         mask = usage == code
         if mask.any():
             splits[split] = (images[mask], labels[mask])
-    if "train" not in splits:
-        raise DataError(f"{path}: no Training rows")
     return splits, digest, skipped
 
 
 def _carve_validation(splits: dict, val_fraction: float, split_seed: int) -> dict:
-    """Carve a stratified validation split out of train when the source has none."""
-    if "validation" not in splits:
+    """Carve a stratified validation split out of train when the source has none (and has a train split)."""
+    if "validation" not in splits and "train" in splits:
         x, y = splits["train"]
         keep, carved = stratified_split(y, val_fraction, split_seed)
         splits["train"], splits["validation"] = (x[keep], y[keep]), (x[carved], y[carved])
@@ -89,8 +87,18 @@ def _array_digest(splits: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def load_dataset(data_cfg: dict[str, Any]) -> Dataset:
-    """Load the dataset described by the ``data`` section of a resolved config (limits applied)."""
+PURPOSES = ("train", "evaluate")
+
+
+def load_dataset(data_cfg: dict[str, Any], purpose: str = "train") -> Dataset:
+    """Load the dataset described by the ``data`` section of a resolved config (limits applied).
+
+    ``purpose="train"`` needs a train split and refuses a source without one (DataError); ``"evaluate"``
+    (scoring a saved model) accepts a source that holds only evaluation splits, such as a file of
+    PrivateTest rows or a folder with only ``test/``.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, not {purpose!r}")
     source = resolve_source(data_cfg["source"])
     skipped: dict = {}
     if source == "synthetic":
@@ -117,10 +125,22 @@ def load_dataset(data_cfg: dict[str, Any]) -> Dataset:
         splits, digest, skipped = _load_csv(Path(source), data_cfg["skip_bad_rows"])
         splits = _carve_validation(splits, data_cfg["val_fraction"], data_cfg["split_seed"])
         kind, location = "fer2013-csv", str(Path(source).resolve())
+    if purpose == "train" and "train" not in splits:
+        raise DataError(_no_train_message(source, splits))
     splits = _apply_limits(splits, data_cfg)
     dataset = Dataset(splits=splits, source=kind, location=location, digest=digest, skipped=skipped)
     log.info("data: %s %s, sizes %s", kind, location, dataset.sizes())
     return dataset
+
+
+def _no_train_message(source: str, splits: dict) -> str:
+    is_csv = Path(source).is_file()
+    usage = {split: name for name, split in USAGE_TO_SPLIT.items()}
+    held = ", ".join(f"{len(y):,} {usage[name] if is_csv else name}" for name, (_, y) in splits.items())
+    what = "Training rows" if is_csv else "train/ folder"
+    return (f"{source}: no {what} (only {held}): training needs {'them' if is_csv else 'one'}; to score a "
+            f"saved model on it: "
+            f"fer-ablate evaluate --model MODEL --data {source}")
 
 
 def _apply_limits(splits: dict, data_cfg: dict) -> dict:

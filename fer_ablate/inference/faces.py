@@ -10,21 +10,22 @@ into a frame the model never saw in training.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from fer_ablate.data import IMAGE_SIZE, DataError
+from fer_ablate.data import IMAGE_SIZE
+from fer_ablate.data.images import (
+    MAX_PIXELS,
+    ImageError,  # noqa: F401  (re-exported: predict and serving catch it here)
+    decode_grey,
+    fit_face,
+    read_grey,
+)
 
 CROP_SCALE = 1.0 / 0.964  # frame side / Haar box side on FER2013 faces (benchmarks/crop_geometry.py)
-MAX_PIXELS = 40_000_000  # a larger decoded image is refused: a decompression bomb or a mistake
 CASCADE = "haarcascade_frontalface_default.xml"
-
-
-class ImageError(DataError):
-    """An image that cannot be used: not an image, corrupt, empty or too large; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -50,37 +51,13 @@ def _cv2():
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Grey ``uint8 [h, w]`` from encoded bytes (JPEG, PNG, BMP, TIFF, WebP...); ImageError when unusable."""
-    cv2 = _cv2()
-    if not data:
-        raise ImageError(f"{name}: empty file")
-    header = np.frombuffer(data, np.uint8)
-    # Check the pixel count before decoding the pixels: a small file can declare an enormous image.
-    try:
-        import PIL.Image
-
-        with PIL.Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except Exception:  # noqa: BLE001 - PIL does not know every format OpenCV does; decode decides then
-        width = height = 0
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit")
-    grey = cv2.imdecode(header, cv2.IMREAD_GRAYSCALE)
-    if grey is None or grey.size == 0:
-        raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
-    if grey.size > MAX_PIXELS:
-        raise ImageError(f"{name}: {grey.shape[1]}x{grey.shape[0]} pixels is over the {MAX_PIXELS:,} pixel limit")
-    return grey
+    """Grey ``uint8 [h, w]`` from encoded bytes: the one decoder of data/images.py (training uses it too)."""
+    return decode_grey(data, name, MAX_PIXELS)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Grey image from a file; ImageError names the file when it is missing or unreadable."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ImageError(f"{path}: {exc.strerror or exc}") from exc
-    return decode_image(data, str(path))
+    """Grey image from a file (data/images.py); ImageError names the file when it is missing or unreadable."""
+    return read_grey(path, MAX_PIXELS)
 
 
 class FaceDetector:
@@ -133,9 +110,5 @@ def crop_face(grey: np.ndarray, box: Box, scale: float = CROP_SCALE, equalize: b
 
 
 def as_crop(grey: np.ndarray) -> np.ndarray:
-    """An image that already is a face crop (``--crops``): resized to 48x48 as a whole."""
-    cv2 = _cv2()
-    if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
-        return grey
-    method = cv2.INTER_AREA if min(grey.shape) >= IMAGE_SIZE else cv2.INTER_CUBIC
-    return cv2.resize(grey, (IMAGE_SIZE, IMAGE_SIZE), interpolation=method)
+    """An image that already is a face crop (``--crops``): resized to 48x48 as image folders are."""
+    return fit_face(grey, IMAGE_SIZE)
