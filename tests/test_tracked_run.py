@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from fer_ablate.config.settings import resolve_config
 from fer_ablate.runs.single import train_and_track
-from fer_ablate.tracking.core import TrackingError
+from fer_ablate.tracking import TrackingError
 
 EPOCH_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "wall_seconds"}
 

@@ -1,17 +1,15 @@
-"""``fer-ablate report``: compare an experiment's variants against the 66% and 71.2% baselines.
+"""``fer-ablate report``: compare the variants of an experiment file's grid against the 66% and 71.2% baselines.
 
-Built only from tracked runs: the latest parent run of the experiment (its ``run_list.json`` says what
-was expected) and its children's metrics and artifacts. Works on any MLflow store, no local state.
-Writes report.md, a self-contained report.html (images embedded) and PNGs, and logs them to the parent.
+Built only from tracked runs: the latest parent run of the grid (its ``run_list.json`` says what was
+expected) and its children's metrics and artifacts. Works on any MLflow store, no local state. Runs that
+trained on different data (``data_digest``) are never paired. Writes report.md, a self-contained
+report.html (real tables, images embedded) and PNGs, and logs them to the parent.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,11 @@ import numpy as np  # noqa: E402
 from fer_ablate import tracking  # noqa: E402
 from fer_ablate.data import CLASS_NAMES  # noqa: E402
 from fer_ablate.paths import project_root  # noqa: E402
+from fer_ablate.reports.document import Report  # noqa: E402
 from fer_ablate.reports.plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion, save_figure  # noqa: E402
 from fer_ablate.reports.stats import mean_std, paired_effect  # noqa: E402
 
-KIND = "ablation"
+KIND = tracking.ABLATION
 
 
 @dataclass
@@ -42,53 +41,39 @@ class VariantRuns:
     failed: dict[int, str] = field(default_factory=dict)  # seed -> error of the latest failed attempt
 
     def metric(self, key: str) -> dict[int, float]:
+        """Seed -> value of ``key`` over the finished runs that logged it."""
         return {seed: run.data.metrics[key] for seed, run in self.runs.items() if key in run.data.metrics}
 
+    def digests(self) -> dict[int, str]:
+        """Seed -> ``data_digest`` tag of the finished run (what the run trained and was scored on)."""
+        return {seed: run.data.tags.get("data_digest", "?") for seed, run in self.runs.items()}
 
-def collect(experiment: str, tracking_uri: str | None = None) -> tuple[str, dict[str, Any], list[VariantRuns]]:
-    """Parent run id, its run list, and the variants with their finished and failed children."""
+
+def collect(experiment_file: str, tracking_uri: str | None = None) -> tuple[str, dict[str, Any], list[VariantRuns]]:
+    """Parent run id, its run list, and the variants with their finished and failed children.
+
+    ``experiment_file`` is the experiment file's name (``paper_ablation``); its grid's parent run is looked
+    up in the MLflow experiment of the store's rule (``tracking.store``). Raises TrackingError when absent.
+    """
     tracking.use_store(tracking_uri)
-    client = tracking.get_client()
-    all_experiments = [e.experiment_id for e in client.search_experiments()]  # `mlflow run` may pick any
-    parents = client.search_runs(all_experiments, f"tags.fer_ablate_kind = '{KIND}' and "
-                                 f"tags.fer_ablate_name = '{experiment}'", order_by=["attributes.start_time DESC"])
-    if not parents:
-        raise tracking.TrackingError(f"no tracked ablation named '{experiment}' in "
-                                     f"{tracking.mlflow.get_tracking_uri()}; run: fer-ablate ablate --experiment "
-                                     f"{experiment}")
-    parent = parents[0]
-    experiment_id = parent.info.experiment_id
-    plan = json.loads(_read_text(parent.info.run_id, "run_list.json"))
+    parent = tracking.find_parent(KIND, experiment_file, f"fer-ablate ablate --experiment {experiment_file}")
+    plan = json.loads(tracking.read_text(parent.info.run_id, "run_list.json"))
     variants: dict[str, VariantRuns] = {}
     for item in plan["runs"]:
         v = variants.setdefault(item["label"], VariantRuns(item["label"], item["levels"], []))
         v.expected_seeds.append(item["seed"])
     keys = {item["key"] for item in plan["runs"]}
-    for run in tracking.child_runs(experiment_id, KIND, experiment):  # newest first
+    for run in tracking.child_runs(parent.info.experiment_id, KIND, experiment_file):  # newest first
         tags = run.data.tags
         v = variants.get(tags.get("run_label"))
         if v is None or tags.get("child_key") not in keys:
-            continue  # a run of an older version of the experiment
+            continue  # a run of an older version of the experiment file (or of other data)
         seed = int(tags["seed"])
         if run.info.status == "FINISHED" and seed not in v.runs:
             v.runs[seed] = run
         elif run.info.status != "FINISHED" and seed not in v.runs and seed not in v.failed:
             v.failed[seed] = f"{run.info.status}: {tags.get('error', 'no error recorded')}"
     return parent.info.run_id, plan, list(variants.values())
-
-
-def _read_text(run_id: str, path: str) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = tracking.get_client().download_artifacts(run_id, path, tmp)
-        return Path(local).read_text()
-
-
-def _read_json(run_id: str, path: str) -> Any:
-    """A JSON artifact of a run, or None when it is missing or unreadable (the report says less)."""
-    try:
-        return json.loads(_read_text(run_id, path))
-    except (OSError, ValueError, tracking.mlflow.exceptions.MlflowException):
-        return None
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -112,15 +97,36 @@ def summary_table(variants: list[VariantRuns]) -> list[dict[str, Any]]:
     return rows
 
 
-def effects(variants: list[VariantRuns], sequence: bool) -> list[tuple[str, str, Any]]:
-    """Each variant against the base (or, for a sequence, against the previous step), paired by seed."""
-    out = []
+def effects(variants: list[VariantRuns], sequence: bool) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """Each variant against the base (or, for a sequence, against the previous step), paired by seed.
+
+    Two runs are paired only when they trained on the same data (equal ``data_digest`` tags); each refused
+    pair is returned as a sentence naming both runs and both digests.
+    """
+    out, refused = [], []
     for i, v in enumerate(variants[1:], 1):
         ref = variants[i - 1] if sequence else variants[0]
         a, b = v.metric("val_accuracy"), ref.metric("val_accuracy")
-        seeds = sorted(set(a) & set(b))
+        da, db = v.digests(), ref.digests()
+        seeds = []
+        for s in sorted(set(a) & set(b)):
+            if da[s] == db[s]:
+                seeds.append(s)
+            else:
+                refused.append(f"{v.label} seed {s} (run {v.runs[s].info.run_id}, data {da[s]}) not paired with "
+                               f"{ref.label} seed {s} (run {ref.runs[s].info.run_id}, data {db[s]}): "
+                               "different data")
         out.append((v.label, ref.label, paired_effect([a[s] for s in seeds], [b[s] for s in seeds])))
-    return out
+    return out, refused
+
+
+def data_digests(variants: list[VariantRuns]) -> dict[str, list[str]]:
+    """``data_digest`` -> the runs (``label seed N``) that trained on it; more than one key means mixed data."""
+    found: dict[str, list[str]] = {}
+    for v in variants:
+        for seed, digest in v.digests().items():
+            found.setdefault(digest, []).append(f"{v.label} seed {seed}")
+    return found
 
 
 def _plot_accuracy(variants: list[VariantRuns], path: Path) -> Path:
@@ -149,7 +155,7 @@ def finish_plot(fig, ax, path: Path) -> Path:
 
 
 def _histories(v: VariantRuns) -> list[list[float]]:
-    histories = (_read_json(run.info.run_id, "metrics/history.json") for run in v.runs.values())
+    histories = (tracking.read_json(run.info.run_id, "metrics/history.json") for run in v.runs.values())
     return [h["val_accuracy"] for h in histories if h and "val_accuracy" in h]
 
 
@@ -188,7 +194,7 @@ def _confusions(variants: list[VariantRuns], folder: Path) -> list[Path]:
     for v in variants:
         total = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), int)
         for run in v.runs.values():
-            found = _read_json(run.info.run_id, "metrics/confusion_validation.json")
+            found = tracking.read_json(run.info.run_id, "metrics/confusion_validation.json")
             if found:
                 total += np.array(found["matrix"])
         if total.sum():
@@ -197,55 +203,52 @@ def _confusions(variants: list[VariantRuns], folder: Path) -> list[Path]:
     return paths
 
 
-def _markdown(name: str, plan: dict, rows: list[dict], effect_rows: list, images: list[Path]) -> str:
-    lines = [f"# Ablation report: {name}", "", plan.get("description", "").strip(), "",
-             f"Design: {plan['design']}; base: {plan['base']}; seeds: {plan['seeds']}. Reference lines: "
-             "66% (the paper's final model) and 71.2% (Tang 2013, FER2013 winner).", "",
-             "| variant | changes | seeds | val acc % | test acc % | val macro-F1 % | params | train s | img/s |"
-             " missing or failed |", "|" + "---|" * 10]
-    for r in rows:
-        ips, secs = r["images_per_second"], r["train_seconds"]
-        lines.append(
-            f"| {r['variant']} | {r['changes']} | {r['seeds']} | {_fmt(*r['val_accuracy'])} | "
-            f"{_fmt(*r['test_accuracy'])} | {_fmt(*r['val_macro_f1'])} | {r['params'] or '—'} | "
-            f"{'—' if math.isnan(secs[0]) else f'{secs[0]:.0f}'} | {'—' if math.isnan(ips[0]) else f'{ips[0]:.0f}'} | "
-            f"{r['missing'] or ''} |")
-    lines += ["", "## Effects on validation accuracy (paired by seed)", "",
-              "| variant | against | n | difference (points) | 95% CI | paired t p | Wilcoxon p | Cohen's dz |",
-              "|" + "---|" * 8]
-    for label, ref, e in effect_rows:
-        lines.append(f"| {label} | {ref} | {e.n} | {' | '.join(e.cells())} |")  # degenerate: a note, no p
-    lines += [""] + [f"- {e.sentence(label, ref)}" for label, ref, e in effect_rows]
-    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in images]
-    return "\n".join(lines) + "\n"
+SUMMARY_COLUMNS = ["variant", "changes", "seeds", "val acc %", "test acc %", "val macro-F1 %", "params",
+                   "train s", "img/s", "missing or failed"]
+EFFECT_COLUMNS = ["variant", "against", "n", "difference (points)", "95% CI", "paired t p", "Wilcoxon p",
+                  "Cohen's dz"]
 
 
-def html_page(markdown_text: str, images: list[Path]) -> str:
-    """A self-contained page: the report's tables as preformatted text and every PNG embedded."""
-    body = [f"<pre>{html.escape(markdown_text.split('## Figures')[0])}</pre>"]
-    for p in images:
-        data = base64.b64encode(p.read_bytes()).decode()
-        body.append(f'<figure><img alt="{p.stem}" src="data:image/png;base64,{data}"><figcaption>{p.stem}'
-                    "</figcaption></figure>")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>fer-ablate report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{white-space:pre-wrap}"
-            "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>")
+def _number(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.0f}"
+
+
+def build(name: str, plan: dict, variants: list[VariantRuns], images: list[Path]) -> Report:
+    """The report's content: summary table, data check, paired effects, figures."""
+    rows = summary_table(variants)
+    effect_rows, refused = effects(variants, sequence=plan["design"] == "sequence")
+    report = Report(f"Ablation report: {name}")
+    report.paragraph(plan.get("description", ""))
+    report.paragraph(f"Design: {plan['design']}; base: {plan['base']}; seeds: {plan['seeds']}. Reference lines: "
+                     "66% (the paper's final model) and 71.2% (Tang 2013, FER2013 winner).")
+    report.table(SUMMARY_COLUMNS, [
+        [r["variant"], r["changes"], r["seeds"], _fmt(*r["val_accuracy"]), _fmt(*r["test_accuracy"]),
+         _fmt(*r["val_macro_f1"]), str(r["params"] or "—"), _number(r["train_seconds"][0]),
+         _number(r["images_per_second"][0]), r["missing"] or ""] for r in rows])
+    digests = data_digests(variants)
+    if len(digests) > 1:
+        report.heading("Data: the runs did not all train on the same data")
+        report.paragraph("Runs on different data are never paired; rerun the grid on one data source.")
+        report.bullets([f"data digest {d}: {', '.join(runs)}" for d, runs in digests.items()])
+    report.heading("Effects on validation accuracy (paired by seed)")
+    report.table(EFFECT_COLUMNS, [[label, ref, str(e.n), *e.cells()] for label, ref, e in effect_rows])
+    report.bullets([e.sentence(label, ref) for label, ref, e in effect_rows] + refused)
+    report.heading("Figures")
+    report.figures(images)
+    return report
 
 
 def write_report(experiment: str, out_dir: str | Path | None = None, tracking_uri: str | None = None) -> Path:
-    """Build the report of ``experiment`` (its name in MLflow), write it, and log it to the parent run."""
+    """Build the report of the grid of experiment file ``experiment`` (a name, or a path whose stem is the
+    name), write report.md, report.html and PNGs to ``out_dir`` (default ``reports/<name>/``), log them to
+    the grid's parent run under ``report/``, and return the folder. Raises TrackingError when no grid ran."""
     name = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
     parent, plan, variants = collect(name, tracking_uri)
     folder = Path(out_dir) if out_dir else project_root() / "reports" / name
     folder.mkdir(parents=True, exist_ok=True)
-    rows = summary_table(variants)
-    effect_rows = effects(variants, sequence=plan["design"] == "sequence")
     images = [_plot_accuracy(variants, folder / "accuracy.png"),
               _plot_curves(variants, folder / "learning_curves.png"),
               _plot_recall(variants, folder / "per_class_recall.png"), *_confusions(variants, folder)]
-    markdown_text = _markdown(name, plan, rows, effect_rows, images)
-    (folder / "report.md").write_text(markdown_text)
-    (folder / "report.html").write_text(html_page(markdown_text, images))
-    tracking.log_parent_summary(parent, {}, files=[folder / "report.md", folder / "report.html", *images],
-                                artifact_dir="report")
+    written = build(name, plan, variants, images).write(folder)
+    tracking.log_parent_summary(parent, {}, files=[*written, *images], artifact_dir="report")
     return folder

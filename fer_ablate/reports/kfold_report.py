@@ -21,11 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
 from fer_ablate.paths import project_root  # noqa: E402
-from fer_ablate.reports.grid_report import finish_plot, html_page  # noqa: E402
+from fer_ablate.reports.document import Report  # noqa: E402
+from fer_ablate.reports.grid_report import EFFECT_COLUMNS, finish_plot  # noqa: E402
 from fer_ablate.reports.plots import save_figure  # noqa: E402
 from fer_ablate.reports.stats import PairedEffect, mean_ci, paired_effect  # noqa: E402
-from fer_ablate.runs.cross_validation import GROUP_KIND, KIND  # noqa: E402
 
+KIND, GROUP_KIND = tracking.KFOLD, tracking.KFOLD_GROUP
 ALL_PAIRS_UP_TO = 5  # more variants than this: each against the base only (n^2 pairs stop being readable)
 
 
@@ -36,6 +37,7 @@ class FoldScores:
     label: str
     run_id: str
     folds_digest: str
+    data_digest: str
     k: int
     scores: dict[str, dict[int, float]]
     ensemble: float | None
@@ -50,36 +52,33 @@ class FoldScores:
                 scores.setdefault(match.group(2), {})[int(match.group(1))] = value
         tags = run.data.tags
         return cls(tags.get("fer_ablate_name", run.info.run_name), run.info.run_id, tags.get("kfold_folds", ""),
-                   int(tags.get("kfold_k", 0)), scores, run.data.metrics.get("ensemble_test_accuracy"))
+                   tags.get("data_digest", "?"), int(tags.get("kfold_k", 0)), scores,
+                   run.data.metrics.get("ensemble_test_accuracy"))
 
 
 def collect(target: str, tracking_uri: str | None = None) -> tuple[str, str, list[FoldScores]]:
-    """(title, run to log the report to, variants) for a group or variant parent run id, or a name."""
+    """(title, run to log the report to, variants) for a group or variant parent run id, or a name.
+
+    A name is an experiment file's (``kfold --experiment``: the group) or a variant's, looked up in the
+    MLflow experiment of the store's rule. Raises TrackingError when there is no such k-fold run.
+    """
     tracking.use_store(tracking_uri)
-    client = tracking.get_client()
-    all_experiments = [e.experiment_id for e in client.search_experiments()]
     if re.fullmatch(r"[0-9a-f]{32}", target):
-        run = client.get_run(target)
+        run = tracking.get_run(target)
         kind = run.data.tags.get("fer_ablate_kind")
         if kind not in (KIND, GROUP_KIND):
             raise tracking.TrackingError(f"run {target} is not a k-fold parent or group run (kind {kind!r})")
     else:
-        run = None
-        for kind in (GROUP_KIND, KIND):
-            found = client.search_runs(all_experiments, f"tags.fer_ablate_kind = '{kind}' and "
-                                       f"tags.fer_ablate_name = '{target}'", order_by=["attributes.start_time DESC"],
-                                       max_results=1)
-            if found:
-                run = found[0]
-                break
-        if run is None:
-            raise tracking.TrackingError(f"no k-fold run named '{target}' in {tracking.mlflow.get_tracking_uri()}; "
-                                         f"run: fer-ablate kfold --variant {target} (or --experiment {target})")
+        try:
+            run = tracking.find_parent(GROUP_KIND, target, f"fer-ablate kfold --experiment {target}")
+        except tracking.TrackingError:
+            run = tracking.find_parent(KIND, target, f"fer-ablate kfold --variant {target} (or --experiment "
+                                       f"{target})")
     name = run.data.tags.get("fer_ablate_name", target)
     if run.data.tags.get("fer_ablate_kind") == KIND:
         return name, run.info.run_id, [FoldScores.from_run(run)]
-    members = client.search_runs([run.info.experiment_id], f"tags.kfold_group_run = '{run.info.run_id}'",
-                                 order_by=["attributes.start_time ASC"])
+    members = tracking.search_runs(f"tags.kfold_group_run = '{run.info.run_id}'", [run.info.experiment_id],
+                                   newest_first=False)
     by_label: dict[str, FoldScores] = {}
     for member in members:  # oldest first: a later parent of the same label (other settings) wins
         scores = FoldScores.from_run(member)
@@ -95,26 +94,39 @@ def pairs(variants: list[FoldScores]) -> list[tuple[FoldScores, FoldScores]]:
     return [(v, variants[0]) for v in variants[1:]]
 
 
-def fold_effect(a: FoldScores, b: FoldScores, metric: str = "val_accuracy") -> PairedEffect | None:
-    """Paired effect of ``a`` against ``b`` over their common folds; None when the folds differ."""
+def unpaired_reason(a: FoldScores, b: FoldScores) -> str | None:
+    """Why ``a`` and ``b`` cannot be paired fold by fold (other data, other folds), or None when they can."""
+    if a.data_digest != b.data_digest:
+        return (f"different data: {a.label} (run {a.run_id}) trained on data {a.data_digest}, {b.label} "
+                f"(run {b.run_id}) on {b.data_digest}")
     if a.folds_digest != b.folds_digest:
+        return f"different fold assignments ({a.folds_digest} vs {b.folds_digest})"
+    return None
+
+
+def fold_effect(a: FoldScores, b: FoldScores, metric: str = "val_accuracy") -> PairedEffect | None:
+    """Paired effect of ``a`` against ``b`` over their common folds; None when ``unpaired_reason`` says no."""
+    if unpaired_reason(a, b):
         return None
     x, y = a.scores.get(metric, {}), b.scores.get(metric, {})
     common = sorted(set(x) & set(y))
     return paired_effect([x[f] for f in common], [y[f] for f in common])
 
 
-def _summary_rows(variants: list[FoldScores]) -> list[str]:
-    rows = ["| variant | folds | val acc % (mean ± std) | 95% CI | val macro-F1 % | test acc % (fold models) | "
-            "test acc % (fold ensemble) |", "|" + "---|" * 7]
+SUMMARY_COLUMNS = ["variant", "folds", "val acc % (mean ± std)", "95% CI", "val macro-F1 %",
+                   "test acc % (fold models)", "test acc % (fold ensemble)", "data"]
+
+
+def _summary_rows(variants: list[FoldScores]) -> list[list[str]]:
+    rows = []
     for v in variants:
         mean, std, low, high = mean_ci(list(v.scores.get("val_accuracy", {}).values()))
         f1 = mean_ci(list(v.scores.get("val_macro_f1", {}).values()))
         test = mean_ci(list(v.scores.get("test_accuracy", {}).values()))
         ci = "—" if math.isnan(low) else f"[{100 * low:.1f}, {100 * high:.1f}]"
         ens = "—" if v.ensemble is None else f"{100 * v.ensemble:.1f}"
-        rows.append(f"| {v.label} | {len(v.scores.get('val_accuracy', {}))}/{v.k} | {_pm(mean, std)} | {ci} | "
-                    f"{_pm(*f1[:2])} | {_pm(*test[:2])} | {ens} |")
+        rows.append([v.label, f"{len(v.scores.get('val_accuracy', {}))}/{v.k}", _pm(mean, std), ci, _pm(*f1[:2]),
+                     _pm(*test[:2]), ens, v.data_digest])
     return rows
 
 
@@ -122,14 +134,13 @@ def _pm(mean: float, std: float) -> str:
     return "—" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def _effect_rows(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None]]) -> list[str]:
-    rows = ["| variant | against | folds | difference (points) | 95% CI | paired t p | Wilcoxon p | Cohen's dz |",
-            "|" + "---|" * 8]
+def _effect_rows(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None]]) -> list[list[str]]:
+    rows = []
     for a, b, e in effects:
         if e is None:
-            rows.append(f"| {a.label} | {b.label} | — | not paired: different fold assignments | | | | |")
+            rows.append([a.label, b.label, "—", f"not paired: {unpaired_reason(a, b)}", "", "", "", ""])
             continue
-        rows.append(f"| {a.label} | {b.label} | {e.n} | {' | '.join(e.cells())} |")  # degenerate: a note, no p
+        rows.append([a.label, b.label, str(e.n), *e.cells()])  # degenerate: a note, no p
     return rows
 
 
@@ -185,17 +196,17 @@ def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_
     images = [_plot_folds(variants, folder / "kfold_accuracy.png")]
     if effects:
         images.append(_plot_differences(effects, folder / "kfold_differences.png"))
-    lines = [f"# K-fold report: {name}", "",
-             f"{variants[0].k} folds, fold assignment {variants[0].folds_digest}; reference lines: 66% (the paper) "
-             "and 71.2% (Tang 2013, FER2013 winner). Test = the held-out split no fold trains on.", "",
-             *_summary_rows(variants)]
+    report = Report(f"K-fold report: {name}")
+    report.paragraph(f"{variants[0].k} folds, fold assignment {variants[0].folds_digest}; reference lines: 66% "
+                     "(the paper) and 71.2% (Tang 2013, FER2013 winner). Test = the held-out split no fold "
+                     "trains on. Variants on different data or different folds are never paired.")
+    report.table(SUMMARY_COLUMNS, _summary_rows(variants))
     if effects:
-        lines += ["", "## Differences in validation accuracy (paired by fold)", "", *_effect_rows(effects), ""]
-        lines += [f"- {e.sentence(a.label, b.label, 'folds')}" for a, b, e in effects if e is not None]
-    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in images]
-    markdown_text = "\n".join(lines) + "\n"
-    (folder / "report.md").write_text(markdown_text)
-    (folder / "report.html").write_text(html_page(markdown_text, images))
-    tracking.log_parent_summary(run_id, {}, files=[folder / "report.md", folder / "report.html", *images],
-                                artifact_dir="report")
+        report.heading("Differences in validation accuracy (paired by fold)")
+        report.table(EFFECT_COLUMNS, _effect_rows(effects))
+        report.bullets([e.sentence(a.label, b.label, "folds") for a, b, e in effects if e is not None])
+    report.heading("Figures")
+    report.figures(images)
+    written = report.write(folder)
+    tracking.log_parent_summary(run_id, {}, files=[*written, *images], artifact_dir="report")
     return folder

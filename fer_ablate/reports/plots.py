@@ -62,3 +62,12 @@ def plot_learning_curves(history: dict[str, list[float]], title: str, path: Path
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def run_figures(confusions: dict[str, np.ndarray], history: dict[str, list[float]], variant: str,
+                folder: Path) -> list[Path]:
+    """The PNGs a training run logs: ``confusion_<split>.png`` per ``[7, 7]`` matrix, ``learning_curves.png``."""
+    paths = [plot_confusion(matrix, f"{variant} · {split}", Path(folder) / f"confusion_{split}.png")
+             for split, matrix in confusions.items()]
+    paths.append(plot_learning_curves(history, f"{variant} learning curves", Path(folder) / "learning_curves.png"))
+    return paths

@@ -1,25 +1,15 @@
-"""Every MLflow call of the package: the store, the run lifecycle, logging, and the model registry."""
+"""Every MLflow call of the package, by concern:
 
-from fer_ablate.tracking.core import (  # noqa: F401  (the room's public API)
-    DEFAULT_EXPERIMENT,
-    MODEL_NAME,
-    EpochLogger,
-    TrackingError,
-    active_run_id,
-    check_reachable,
-    configure,
-    get_client,
-    git_commit,
-    load_model,
-    log_config,
-    log_config_to,
-    log_dataset,
-    log_parent_summary,
-    log_result,
-    mlflow,  # noqa: F401
-    model_signature,
-    use_store,
-)
+- ``store``: the tracking URI (checked), the one rule for the MLflow experiment, git commit, Source tags;
+- ``lifecycle``: how runs start and end (FINISHED, FAILED with an error, KILLED), parents and children;
+- ``records``: what a run logs (config, data, epochs, result, figures, model);
+- ``queries``: reading runs back (parents by kind and name, artifacts, models);
+- ``model_registry``: ``promote`` and loading registered photo models (imported by its users, not here).
+
+Callers import the room (``from fer_ablate import tracking``); the names below are its public API.
+Nothing here imports Keras, the models, the training code or the plots.
+"""
+
 from fer_ablate.tracking.lifecycle import (  # noqa: F401  (one run lifecycle for every driver)
     RunContext,
     RunHandle,
@@ -30,9 +20,47 @@ from fer_ablate.tracking.lifecycle import (  # noqa: F401  (one run lifecycle fo
     end_stale_runs,
     ended_run,
     enter_context,
+    nested_run,
     open_context,
     open_parent,
     parent_run,
     summarize_children,
     tracked_run,
+)
+from fer_ablate.tracking.queries import (  # noqa: F401
+    ABLATION,
+    KFOLD,
+    KFOLD_GROUP,
+    STUDY,
+    active_run_id,
+    find_parent,
+    get_client,
+    get_run,
+    load_model,
+    project_experiment_ids,
+    read_json,
+    read_text,
+    search_runs,
+)
+from fer_ablate.tracking.records import (  # noqa: F401
+    MODEL_NAME,
+    log_config,
+    log_config_to,
+    log_dataset,
+    log_metrics,
+    log_parent_summary,
+    log_result,
+    model_signature,
+    set_run_tags,
+)
+from fer_ablate.tracking.store import (  # noqa: F401
+    DEFAULT_EXPERIMENT,
+    TrackingError,
+    check_reachable,
+    configure,
+    experiment_name,
+    git_commit,
+    source_tags,
+    tracking_uri,
+    use_store,
 )

@@ -58,11 +58,12 @@ def best_variant(study: optuna.Study, study_name: str) -> dict[str, Any]:
         "overrides": overrides}}
 
 
-def report_study(study_name: str, storage: str, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Log the study's outcome to its parent run; return a summary (states, best value and params)."""
-    from fer_ablate.tuning.study import open_storage
+def report_study(study_name: str, storage: Any, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Log the study's outcome to its parent run; return a summary (states, best value and params).
 
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    ``storage`` is an opened Optuna storage (``tuning.study.open_storage``) or an RDB URL.
+    """
+    study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     summary: dict[str, Any] = {"study": study_name, "trials": len(trials), "states": counts}
@@ -83,8 +84,7 @@ def report_study(study_name: str, storage: str, parent_run_id: str | None = None
         texts["best_params.yaml"] = to_yaml(best.params)
     if parent_run_id:
         # Tags, not params: MLflow params are immutable and the best trial changes when a study resumes.
-        for key, value in summary.get("best_params", {}).items():
-            tracking.get_client().set_tag(parent_run_id, f"best.{key}", str(value))
+        tracking.set_run_tags(parent_run_id, {f"best.{k}": v for k, v in summary.get("best_params", {}).items()})
         tracking.log_parent_summary(parent_run_id, metrics, texts=texts, files=_plots(study, folder),
                                     artifact_dir="optuna_plots")
     return summary

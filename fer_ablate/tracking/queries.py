@@ -1,0 +1,128 @@
+"""Reading tracked runs back: find parents by kind and name, read children, artifacts and models.
+
+Reports and resume logic read through these functions only. They look in the MLflow experiment that the
+store's rule (``tracking.store``) gives this process, so what a command wrote is where a report looks.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fer_ablate.paths import default_tracking_uri
+from fer_ablate.tracking.store import TrackingError, experiment_name, launcher_experiment_id
+
+# The values of the ``fer_ablate_kind`` tag: which driver made a parent run (children: ``<kind>-child``).
+ABLATION = "ablation"  # runs/grid.py: one parent per experiment file
+KFOLD = "kfold"  # runs/cross_validation.py: one parent per variant, one child per fold
+KFOLD_GROUP = "kfold-group"  # runs/cross_validation.py: the variants of one experiment file on the same folds
+STUDY = "study"  # tuning/study.py: one parent per Optuna study, one child per trial
+NEWEST_FIRST = ["attributes.start_time DESC"]
+
+
+def project_experiment_ids() -> list[str]:
+    """The MLflow experiment(s) the store's rule points this process at, that exist (may be empty)."""
+    ids = []
+    launched = launcher_experiment_id()
+    if launched:
+        ids.append(launched)
+    found = mlflow.get_experiment_by_name(experiment_name())
+    if found is not None and found.experiment_id not in ids:
+        ids.append(found.experiment_id)
+    return ids
+
+
+def search_runs(filter_string: str, experiment_ids: list[str] | None = None, newest_first: bool = True,
+                max_results: int = 50000) -> list[Run]:
+    """Runs matching an MLflow filter (``tags.x = 'y'``) in ``experiment_ids`` (default: the project's)."""
+    ids = project_experiment_ids() if experiment_ids is None else experiment_ids
+    if not ids:
+        return []
+    order = NEWEST_FIRST if newest_first else ["attributes.start_time ASC"]
+    return MlflowClient().search_runs(ids, filter_string, order_by=order, max_results=max_results)
+
+
+def find_parent(kind: str, name: str, hint: str) -> Run:
+    """The newest parent run of ``kind`` (see the constants above) named ``name`` in the project's experiment.
+
+    Raises TrackingError naming the MLflow experiment searched and ``hint`` (the command that makes such a
+    run); when the run exists in another MLflow experiment, the message says which and how to point there.
+    """
+    query = f"tags.fer_ablate_kind = '{kind}' and tags.fer_ablate_name = '{name}'"
+    found = search_runs(query, max_results=1)
+    if found:
+        return found[0]
+    where = f"MLflow experiment '{experiment_name()}' of {mlflow.get_tracking_uri()}"
+    elsewhere = _elsewhere(query)
+    if elsewhere:
+        raise TrackingError(f"no {kind} run named '{name}' in {where}, but there is one in MLflow experiment "
+                            f"'{elsewhere}' (made by `mlflow run` without --experiment-name?): "
+                            f"set MLFLOW_EXPERIMENT_NAME='{elsewhere}'")
+    raise TrackingError(f"no {kind} run named '{name}' in {where}; run: {hint}")
+
+
+def _elsewhere(query: str) -> str | None:
+    """The name of another MLflow experiment holding a run that matches ``query`` (for the error message)."""
+    client = MlflowClient()
+    for experiment in client.search_experiments():
+        if client.search_runs([experiment.experiment_id], query, max_results=1):
+            return experiment.name
+    return None
+
+
+def get_run(run_id: str) -> Run:
+    """A run by id; raises TrackingError naming the store when it is not there."""
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"run {run_id} not found in {mlflow.get_tracking_uri()}") from exc
+
+
+def read_text(run_id: str, path: str) -> str:
+    """A text artifact of a run (``run_list.json``, ``metrics/history.json``); raises TrackingError when absent."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = MlflowClient().download_artifacts(run_id, path, tmp)
+        except (OSError, MlflowException) as exc:
+            raise TrackingError(f"run {run_id} has no readable artifact {path}: {exc}") from exc
+        return Path(local).read_text()
+
+
+def read_json(run_id: str, path: str) -> Any:
+    """A JSON artifact of a run, or None when it is missing or unreadable (callers then say less)."""
+    try:
+        return json.loads(read_text(run_id, path))
+    except (TrackingError, ValueError):
+        return None
+
+
+def load_model(uri: str) -> Any:
+    """The Keras model of an MLflow model URI (``runs:/ID/model``, ``models:/NAME@ALIAS``).
+
+    MLflow imports Keras itself, on this call only. Custom layers must be registered first (importing
+    ``fer_ablate.models`` does that). Raises TrackingError when the URI cannot be loaded.
+    """
+    if not mlflow.is_tracking_uri_set():  # a caller that chose a store (e.g. --tracking-uri) keeps it
+        mlflow.set_tracking_uri(default_tracking_uri())
+    try:
+        return mlflow.keras.load_model(uri)
+    except MlflowException as exc:
+        raise TrackingError(f"cannot load model {uri}: {exc}") from exc
+
+
+def active_run_id() -> str | None:
+    """The id of the run active in this process, if any."""
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def get_client() -> MlflowClient:
+    """A client on the configured store. Prefer the functions of this room; kept for callers not yet moved."""
+    return MlflowClient()

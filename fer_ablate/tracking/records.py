@@ -1,0 +1,147 @@
+"""What a run records: its config, data, per-epoch metrics, final result, figures and model.
+
+Nothing here trains or plots: the caller hands over numbers, texts and already-made figure files.
+"""
+
+from __future__ import annotations
+
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import Param
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from fer_ablate.config.settings import config_hash, flatten, to_yaml
+from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Dataset
+from fer_ablate.tracking.store import git_commit, source_tags
+
+MODEL_NAME = "model"  # artifact name of the logged Keras model: runs:/<id>/model
+
+
+def model_signature() -> ModelSignature:
+    """float32 grey pixels ``[-1, 48, 48, 1]`` (0-255) in, 7 class probabilities out."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, IMAGE_SIZE, IMAGE_SIZE, 1), "pixels")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES), "probabilities")]),
+    )
+
+
+def _param_values(cfg: dict[str, Any]) -> dict[str, str]:
+    """Flattened config as MLflow params (lists joined with commas)."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in flatten(cfg).items()}
+
+
+def log_config_to(run_id: str, cfg: dict[str, Any]) -> None:
+    """The resolved config as params, ``config.yaml`` and Source tags on a run not active here (a parent)."""
+    client = MlflowClient()
+    client.log_batch(run_id, params=[Param(k, v) for k, v in _param_values(cfg).items()])
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+    for key, value in source_tags().items():
+        client.set_tag(run_id, key, value)
+
+
+def log_config(cfg: dict[str, Any]) -> str:
+    """The active run's resolved config: params, ``config.yaml``, tags ``variant``, ``config_hash``, the git
+    commit and the Source column; returns the config hash."""
+    digest = config_hash(cfg)
+    mlflow.log_params(_param_values(cfg))
+    mlflow.log_text(to_yaml(cfg), "config.yaml")
+    mlflow.set_tags({"variant": str(cfg.get("variant", "")), "config_hash": digest})
+    if mlflow.active_run().data.tags.get("mlflow.source.type") != "PROJECT":  # `mlflow run` filled it
+        mlflow.set_tags(source_tags())
+    commit = git_commit()
+    if commit:
+        mlflow.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")})
+    return digest
+
+
+def log_dataset(dataset: Dataset) -> None:
+    """Data source, digest and split sizes as tags, and the training split as an MLflow dataset input."""
+    mlflow.set_tags({
+        "data_source": dataset.source,
+        "data_location": dataset.location,
+        "data_digest": dataset.digest,
+        "data_synthetic": str(dataset.source == "synthetic").lower(),
+    })
+    mlflow.log_params({f"data_n_{split}": n for split, n in dataset.sizes().items()})
+    if dataset.skipped:
+        mlflow.log_dict(dataset.skipped, "data_skipped_rows.json")
+        mlflow.log_metric("data_skipped_rows", sum(dataset.skipped.values()))
+    for split, context in (("train", "training"), ("validation", "validation"), ("test", "testing")):
+        if split in dataset.splits:
+            x, y = dataset.splits[split]
+            with warnings.catch_warnings():  # MLflow cannot tell a file path from an artifact path
+                warnings.simplefilter("ignore", UserWarning)
+                ds = mlflow.data.from_numpy(x[:1].astype(np.float32)[..., None], targets=y[:1],
+                                            source=dataset.location, name=f"{dataset.source}-{split}",
+                                            digest=f"{dataset.digest}-{split}")
+            mlflow.log_input(ds, context=context)
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """Metrics of the active run at ``step`` (an epoch number from 1): what ``EpochLogger`` is given."""
+    mlflow.log_metrics(metrics, step=step)
+
+
+def _pins() -> list[str]:
+    """The serving environment of the logged Keras model: the installed keras and mlflow."""
+    pins = []
+    for package in ("keras", "mlflow"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_result(result: Any, confusions: dict[str, np.ndarray], figures: list[Path]) -> None:
+    """Final metrics, cost, confusion matrices, figures and the model (with its signature) of the active run.
+
+    ``result`` is a ``training.loop.TrainResult`` (``metrics``, ``history``, ``model``, cost fields);
+    ``confusions`` maps a split to its ``[7, 7]`` int matrix (rows true); ``figures`` are PNG files the
+    caller made, logged under ``plots/``. Final ``val_accuracy`` etc. share their names with the per-epoch
+    curves; they are logged at the last epoch's step, so the run's headline value is the restored best
+    epoch's evaluation.
+    """
+    step = max(result.epochs_run, 1)
+    mlflow.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, float)}, step=step)
+    mlflow.log_metrics({
+        "param_count": result.param_count,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "images_per_second": result.images_per_second,
+    })
+    for split, matrix in confusions.items():
+        mlflow.log_dict({"classes": list(CLASS_NAMES), "matrix": np.asarray(matrix).tolist()},
+                        f"metrics/confusion_{split}.json")
+    for path in figures:
+        mlflow.log_artifact(str(path), "plots")
+    mlflow.log_dict(result.history, "metrics/history.json")
+    # No input_example: mlflow.keras.save_model writes it before creating its folder (MLflow 3.17).
+    mlflow.keras.log_model(result.model, name=MODEL_NAME, signature=model_signature(), pip_requirements=_pins())
+
+
+def log_parent_summary(run_id: str, metrics: dict[str, float], texts: dict[str, str] | None = None,
+                       files: list[Path] | None = None, artifact_dir: str | None = None) -> None:
+    """Metrics, text artifacts and files on a run that is not active in this process (a parent)."""
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for name, text in (texts or {}).items():
+        client.log_text(run_id, text, name)
+    for path in files or []:
+        client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tags on a run that is not active here (tags, unlike params, may change: e.g. a study's best trial)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))

@@ -1,0 +1,154 @@
+"""The tracking store: its URI (checked before any work), the MLflow experiment runs go to, the git commit.
+
+One rule chooses the MLflow experiment, for every command (``train``, ``ablate``, ``kfold``, ``tune``,
+``report``...), so reports know where to look:
+
+1. inside ``mlflow run``, the launcher's experiment (``mlflow run --experiment-name NAME``; MLflow puts
+   its id in ``MLFLOW_EXPERIMENT_ID`` and has already created the run);
+2. else the experiment named by ``--experiment-name`` (``fer-ablate train`` only) or by MLflow's own
+   ``MLFLOW_EXPERIMENT_NAME`` environment variable;
+3. else ``fer-ablate``.
+
+Grids, k-fold groups and studies are told apart by run tags (``fer_ablate_kind``, ``fer_ablate_name``),
+not by experiments. Words: an *experiment file* is a YAML file in ``experiments/`` (what a grid runs); an
+*MLflow experiment* is the folder of runs in the tracking store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from fer_ablate.paths import default_artifact_root, default_tracking_uri, project_root
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
+log = logging.getLogger(__name__)
+DEFAULT_EXPERIMENT = "fer-ablate"  # the MLflow experiment of rule 3
+# MLflow 3's UI opens an untagged experiment on its GenAI overview ("Traces 0"); this value (from
+# MLflow's ExperimentKind enum) makes it open on the runs table instead.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used (unreachable server, bad URI), or a run is not in it."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when the tracking server does not answer (raises TrackingError)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                if response.status >= 400:
+                    raise TrackingError(f"MLflow tracking server {uri} answered HTTP {response.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({exc}); start it or set MLFLOW_TRACKING_URI"
+            ) from exc
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise TrackingError(f"tracking store {uri}: folder {folder} does not exist")
+
+
+def use_store(tracking_uri: str | None = None) -> str:
+    """Point MLflow at the store (checked first) without choosing an experiment; return the URI."""
+    uri = tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def tracking_uri() -> str:
+    """The store this process writes to (after ``use_store``), for worker processes to write to the same."""
+    return mlflow.get_tracking_uri()
+
+
+def experiment_name(explicit: str | None = None) -> str:
+    """Rules 2 and 3 of the module docstring: ``explicit``, else ``$MLFLOW_EXPERIMENT_NAME``, else fer-ablate."""
+    return explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def launcher_experiment_id() -> str | None:
+    """Rule 1: the experiment of the ``mlflow run`` that started this process, if any."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID") and os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    return None
+
+
+def configure(experiment: str | None = None, tracking_uri: str | None = None,
+              experiment_id: str | None = None) -> str:
+    """Point MLflow at the store (default: the project's SQLite file) and return the MLflow experiment id.
+
+    The experiment follows the module's rule (``experiment`` is ``train --experiment-name``); it is created
+    when missing, tagged so MLflow's UI opens it on the runs table. A known ``experiment_id`` (a grid's
+    children, a worker) is used as is. Raises TrackingError when the store cannot be used.
+    """
+    uri = use_store(tracking_uri)
+    if experiment_id:
+        return experiment_id
+    launched = launcher_experiment_id()
+    if launched:
+        _tag_experiment(launched)
+        return launched
+    name = experiment_name(experiment)
+    try:
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            artifacts = default_artifact_root() + f"/{name}" if uri.startswith("sqlite:") else None
+            try:
+                created = mlflow.create_experiment(name, artifact_location=artifacts,
+                                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                return created
+            except mlflow.exceptions.MlflowException:
+                # Another machine or worker created it a moment ago (a shared store): use theirs.
+                found = mlflow.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        _tag_experiment(found.experiment_id, found.tags)
+        return found.experiment_id
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"tracking store {uri}: {exc}") from exc
+
+
+def _tag_experiment(experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Give an experiment made elsewhere (``mlflow run``, an older version) the model-development kind."""
+    if tags is None:
+        tags = MlflowClient().get_experiment(experiment_id).tags
+    if EXPERIMENT_KIND_TAG not in tags:
+        MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def git_commit() -> str | None:
+    """The project's current git commit (with ``-dirty`` if there are local changes), or None."""
+    try:
+        root = project_root()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's Source column for a run this process creates: the command that made it, type LOCAL.
+
+    ``MlflowClient.create_run`` (parents, children) does not fill these as ``mlflow.start_run`` does;
+    the command line (``fer-ablate ablate --experiment smoke``) says more than the script path.
+    """
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("cli.py", "__main__.py", "fer-ablate"):
+        program = "fer-ablate"
+    command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
+    return {"mlflow.source.name": command[:500], "mlflow.source.type": "LOCAL"}
