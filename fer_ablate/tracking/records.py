@@ -1,6 +1,7 @@
 """What a run records: its config, data, per-epoch metrics, final result, figures and model.
 
-Nothing here trains or plots: the caller hands over numbers, texts and already-made figure files.
+Nothing here trains or plots: the caller hands over numbers, texts and already-made figure files. Nor does it
+import ``config`` (whose model check loads Keras): the caller computes the config hash.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import yaml
 from mlflow.entities import Param
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
-from fer_ablate.config.settings import config_hash, flatten, to_yaml
 from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Dataset
 from fer_ablate.tracking.store import git_commit, source_tags
 
@@ -32,33 +33,43 @@ def model_signature() -> ModelSignature:
     )
 
 
-def _param_values(cfg: dict[str, Any]) -> dict[str, str]:
-    """Flattened config as MLflow params (lists joined with commas)."""
-    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in flatten(cfg).items()}
+def param_values(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: dotted keys (``train.epochs``), lists joined with commas."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(param_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return out
+
+
+def _yaml(cfg: dict[str, Any]) -> str:
+    """The ``config.yaml`` artifact: the resolved config in its own key order."""
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def log_config_to(run_id: str, cfg: dict[str, Any]) -> None:
     """The resolved config as params, ``config.yaml`` and Source tags on a run not active here (a parent)."""
     client = MlflowClient()
-    client.log_batch(run_id, params=[Param(k, v) for k, v in _param_values(cfg).items()])
-    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+    client.log_batch(run_id, params=[Param(k, v) for k, v in param_values(cfg).items()])
+    client.log_text(run_id, _yaml(cfg), "config.yaml")
     for key, value in source_tags().items():
         client.set_tag(run_id, key, value)
 
 
-def log_config(cfg: dict[str, Any]) -> str:
-    """The active run's resolved config: params, ``config.yaml``, tags ``variant``, ``config_hash``, the git
-    commit and the Source column; returns the config hash."""
-    digest = config_hash(cfg)
-    mlflow.log_params(_param_values(cfg))
-    mlflow.log_text(to_yaml(cfg), "config.yaml")
-    mlflow.set_tags({"variant": str(cfg.get("variant", "")), "config_hash": digest})
+def log_config(cfg: dict[str, Any], config_hash: str) -> str:
+    """The active run's resolved config: params, ``config.yaml``, tags ``variant``, ``config_hash`` (computed
+    by the caller: ``config.settings.config_hash``), the git commit and the Source column; returns the hash."""
+    mlflow.log_params(param_values(cfg))
+    mlflow.log_text(_yaml(cfg), "config.yaml")
+    mlflow.set_tags({"variant": str(cfg.get("variant", "")), "config_hash": config_hash})
     if mlflow.active_run().data.tags.get("mlflow.source.type") != "PROJECT":  # `mlflow run` filled it
         mlflow.set_tags(source_tags())
     commit = git_commit()
     if commit:
         mlflow.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")})
-    return digest
+    return config_hash
 
 
 def log_dataset(dataset: Dataset) -> None:

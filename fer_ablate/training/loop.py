@@ -110,11 +110,10 @@ def _optimizer(train_cfg: dict[str, Any], steps_per_epoch: int) -> keras.optimiz
         warmup = min(steps_per_epoch, total // 10)
         lr = keras.optimizers.schedules.CosineDecay(lr / 10, total - warmup, alpha=0.01, warmup_target=lr,
                                                     warmup_steps=warmup)
-    return {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "adamw": lambda: keras.optimizers.AdamW(lr),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
-    }[train_cfg["optimizer"]]()
+    # train.optimizer is a Keras optimizer name from config.settings.OPTIMIZERS (the one list; the schema refuses
+    # others), with Keras' defaults (AdamW: weight decay 0.004) except SGD, which gets Nesterov momentum 0.9.
+    extra = {"sgd": {"momentum": 0.9, "nesterov": True}}.get(train_cfg["optimizer"], {})
+    return keras.optimizers.get({"class_name": train_cfg["optimizer"], "config": {"learning_rate": lr, **extra}})
 
 
 def compile_for_training(model: keras.Model, train_cfg: dict[str, Any], train_images: int) -> None:
