@@ -1,9 +1,15 @@
+import re
+
 import pytest
 
+from fer_ablate.config.experiment_file import expand, load_experiment
 from fer_ablate.config.settings import (
+    OPTIMIZERS,
+    SECTIONS,
     ConfigError,
     apply_overrides,
     config_hash,
+    flatten,
     load_defaults,
     load_variants,
     parse_set_args,
@@ -32,10 +38,16 @@ def test_unknown_key_names_the_key():
         resolve_config("paper", {"model.kernel": 5})
 
 
-@pytest.mark.parametrize("key,value", [("train.epochs", "ten"), ("train.epochs", 2.5),
-                                       ("augment.enabled", 1), ("model.dense_units", "512")])
-def test_wrong_type_names_the_key(key, value):
-    with pytest.raises(ConfigError, match=f"key '{key}' expects"):
+@pytest.mark.parametrize("key,value,expected", [
+    ("train.epochs", "ten", "int"), ("train.epochs", 2.5, "int"), ("train.epochs", True, "int"),
+    ("augment.enabled", 1, "bool"), ("model.dense_units", "512", "list of int"),
+    ("model.dense_units", [8.5, 8, 8], "list of int"), ("train.learning_rate", "1e-3", "float"),
+    ("train.optimizer", "rmsprop", "one of adam, sgd, adamw"), ("train.precision", "float16", "one of auto, float32"),
+    ("train.devices", "many", "one of auto, all or int >= 1"), ("augment.method", "opencv", "one of single_warp"),
+])
+def test_wrong_type_names_the_key_the_type_and_the_value(key, value, expected):
+    pattern = f"^override: key '{key}' expects {re.escape(expected)}.* got {re.escape(repr(value))}$"
+    with pytest.raises(ConfigError, match=pattern):
         resolve_config("paper", {key: value})
 
 
@@ -48,6 +60,21 @@ def test_unknown_variant_lists_known():
         resolve_config("kernel7")
 
 
+def test_parse_set_args_values_with_spaces():
+    """The MLproject `overrides` string: a value runs until the next `section.key=` token."""
+    parsed = parse_set_args(["model.dense_units=[16, 8, 8] model.dense_dropout=[0.1, 0.2, 0.3] train.epochs=2",
+                             "data.source='/tmp/my faces/fer.csv' model.name=paper_cnn",
+                             'train.optimizer="adamw"'])
+    assert parsed == {"model.dense_units": [16, 8, 8], "model.dense_dropout": [0.1, 0.2, 0.3], "train.epochs": 2,
+                      "data.source": "/tmp/my faces/fer.csv", "model.name": "paper_cnn", "train.optimizer": "adamw"}
+    assert parse_set_args(["model.dense_units={a: [1, 2]} epochs=3"]) == {"model.dense_units": {"a": [1, 2]},
+                                                                          "epochs": 3}
+    with pytest.raises(ConfigError, match="override 'data.source=\"unclosed': No closing quotation"):
+        parse_set_args(['data.source="unclosed'])
+    with pytest.raises(ConfigError, match=r"override 'model.dense_units=\[16, 8': value is not valid YAML"):
+        parse_set_args(["model.dense_units=[16, 8 train.epochs=2"])
+
+
 def test_parse_set_args_yaml_values_and_mlproject_string():
     parsed = parse_set_args(["model.kernel_size=5", "train.epochs=2 model.dense_units=[8,8,8] augment.enabled=false"])
     assert parsed == {"model.kernel_size": 5, "train.epochs": 2, "model.dense_units": [8, 8, 8],
@@ -57,11 +84,73 @@ def test_parse_set_args_yaml_values_and_mlproject_string():
         parse_set_args(["epochs"])
 
 
-def test_range_validation():
-    with pytest.raises(ConfigError, match="conv_dropout"):
-        resolve_config("paper", {"model.conv_dropout": 1.5})
-    with pytest.raises(ConfigError, match="same length"):
-        resolve_config("paper", {"model.dense_units": [8, 8]})
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.conv_dropout": 1.5}, "key 'model.conv_dropout' must be < 1.0, got 1.5"),
+    ({"model.dense_dropout": [0.4, 0.4, -0.1]}, "key 'model.dense_dropout' values must be >= 0.0, got"),
+    ({"model.dense_units": [8, 0, 8]}, "key 'model.dense_units' values must be >= 1, got"),
+    ({"train.epochs": 0}, "key 'train.epochs' must be >= 1, got 0"),
+    ({"train.learning_rate": 0}, "key 'train.learning_rate' must be > 0.0, got 0"),
+    ({"train.learning_rate": float("inf")}, "key 'train.learning_rate' expects float"),
+    ({"train.devices": 0}, "key 'train.devices' expects one of auto, all or int >= 1"),
+    ({"train.verbose": 3}, "key 'train.verbose' must be <= 2, got 3"),
+    ({"data.val_fraction": 1}, "key 'data.val_fraction' must be < 1.0, got 1"),
+    ({"data.source": ""}, "key 'data.source' must not be empty"),
+    ({"model.dense_units": [8, 8]}, "model.dense_units and model.dense_dropout must have the same length"),
+    ({"model.conv_blocks": 6}, "model.conv_blocks too deep for model.input_size"),
+])
+def test_range_validation_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config("paper", overrides)
+
+
+def test_checks_across_settings_wait_for_the_whole_config():
+    """A search space or a variant may set dense_units and dense_dropout in separate steps."""
+    cfg = apply_overrides(load_defaults(), {"model.dense_units": [8]})
+    assert apply_overrides(cfg, {"model.dense_dropout": [0.0]})["model"]["dense_units"] == [8]
+    assert resolve_config("paper", {"model.dense_units": [8], "model.dense_dropout": [0]})["model"][
+        "dense_dropout"] == [0.0]
+
+
+def test_model_name_checked_against_the_registry():
+    with pytest.raises(ConfigError, match="model.name: unknown model 'resnet9'; known models: .*paper_cnn"):
+        resolve_config("paper", {"model.name": "resnet9"})
+
+
+def test_model_arguments_checked_against_the_builder_signature(monkeypatch):
+    from fer_ablate.models import registry
+
+    def narrow_cnn(conv_blocks: int = 2, num_classes: int = 7):  # takes none of the other model.* settings
+        raise AssertionError("resolving a config must not build the model")
+
+    monkeypatch.setitem(registry._BUILDERS, "narrow_cnn", narrow_cnn)
+    with pytest.raises(ConfigError, match="model 'narrow_cnn' cannot be built from this config .*convs_per_block.*"
+                                          "it takes model.conv_blocks, model.num_classes"):
+        resolve_config("paper", {"model.name": "narrow_cnn"})
+
+
+def test_schema_mirrors_defaults_and_lists_choices_once():
+    assert set(flatten(load_defaults())) == {f"{s}.{k}" for s, model in SECTIONS.items() for k in model.model_fields}
+    assert OPTIMIZERS == ("adam", "sgd", "adamw")
+    for name in OPTIMIZERS:  # every allowed name builds (training/loop.py takes names from this list)
+        assert resolve_config("paper", {"train.optimizer": name})["train"]["optimizer"] == name
+
+
+# Hashes of every built-in variant and of the smoke experiment's runs, computed before the typed schema:
+# a refactor of the config code must not split a resumed grid (its resume key is the hash). A deliberate
+# change to a variant or a default changes its pin here, in the same commit.
+VARIANT_HASHES = {
+    "paper": "8c377ece5a49", "paper_initial": "4ca5f9a3f882", "layers10": "5dd8ae9b5d36", "layers12": "8c377ece5a49",
+    "kernel3": "8c377ece5a49", "kernel5": "e8a5c16ed338", "dropout0": "3376c5b308b3", "dropout25": "990fb6b4be50",
+    "dropout50": "8c377ece5a49", "aug": "8c377ece5a49", "noaug": "fe54c1e91ada", "plateau": "f98024768764",
+    "fast_cpu": "5ac4a9a01b40",
+}
+SMOKE_HASHES = {("paper", 1): "e888c3b9798e", ("paper", 2): "db7d83007ea1", ("kernel5", 1): "c2168527a755",
+                ("kernel5", 2): "be869c6d20e3"}
+
+
+def test_config_hashes_are_pinned():
+    assert {name: config_hash(resolve_config(name)) for name in load_variants()} == VARIANT_HASHES
+    assert {(s.label, s.seed): s.config_hash for s in expand(load_experiment("smoke"))} == SMOKE_HASHES
 
 
 def test_config_hash_is_stable_and_sensitive():

@@ -3,7 +3,7 @@
 import pytest
 from conftest import tiny_overrides
 
-from fer_ablate.config.settings import resolve_config
+from fer_ablate.config.settings import ConfigError, resolve_config
 from fer_ablate.data import load_dataset
 from fer_ablate.training.loop import build_models, train
 
@@ -61,7 +61,7 @@ def test_bfloat16_and_xla_settings_keep_the_model(tiny_data):
     result = train(fast, tiny_data)
     y, probs = result.predictions["validation"]
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    with pytest.raises(Exception, match="train.precision must be"):
+    with pytest.raises(ConfigError, match="key 'train.precision' expects one of auto, float32, mixed_bfloat16"):
         resolve_config("paper", {"train.precision": "float16"})
 
 

@@ -1,23 +1,160 @@
-"""Configuration: defaults, variant deltas, strict overrides and a stable config hash.
+"""Configuration: a typed schema, defaults, variant deltas, strict overrides and a stable config hash.
 
 One override order, strictly checked: defaults < variant YAML < command-line ``--set key=value``.
-A key that is not in the defaults, or a value of the wrong type, is refused with the key's name.
+The schema (pydantic models below, one per section of ``defaults.yaml``) types every setting and holds
+each list of choices once (``OPTIMIZERS``, ``LR_SCHEDULES``, ...). A key that is not in the schema, a value
+of the wrong type or out of range is refused with the key's name. Values stay plain nested dicts for the
+rest of the package: ``resolve_config`` returns ``Settings.model_dump()``.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
+import re
 import shlex
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 CONF_DIR = Path(__file__).parent
 DEFAULTS_FILE = CONF_DIR / "defaults.yaml"
 VARIANTS_FILE = CONF_DIR / "variants.yaml"
+
+# Every list of choices lives here once; code that branches on a setting imports the list from here.
+Optimizer = Literal["adam", "sgd", "adamw"]
+LrSchedule = Literal["constant", "cosine", "cosine_time"]
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+JitCompile = Literal["auto", "xla", "no_xla"]
+AugmentMethod = Literal["single_warp", "keras_layers"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+JIT_COMPILE: tuple[str, ...] = get_args(JitCompile)
+AUGMENT_METHODS: tuple[str, ...] = get_args(AugmentMethod)
+DATA_SOURCE_KINDS = ("auto", "synthetic")  # or a path to a FER2013 CSV(.gz) / image-folder root
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # dropout rates, label smoothing: 1 would drop everything
+
+
+class _Section(BaseModel):
+    # strict: no "5" -> 5 or 1 -> True coercion (a YAML typo must fail, not train something else); ints are
+    # still accepted where floats are expected (and stored as floats, so the config hash does not change).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=())
+
+
+class ModelSettings(_Section):
+    """``model``: the registry name and the builder's arguments (``fer_ablate.models``)."""
+
+    name: str
+    conv_blocks: int = Field(ge=1)
+    convs_per_block: int = Field(ge=1)
+    kernel_size: int = Field(ge=1)
+    base_filters: int = Field(ge=1)
+    filter_growth: float = Field(gt=0)
+    conv_dropout: Fraction
+    dense_units: list[Annotated[int, Field(ge=1)]]
+    dense_dropout: list[Fraction]
+    l2_first_conv: float = Field(ge=0)
+    batch_norm: bool
+    bn_first_conv: bool
+    bn_momentum: Fraction
+    input_size: int = Field(ge=1)
+    num_classes: int = Field(ge=2)
+    test_time_flip: bool
+
+
+class TrainSettings(_Section):
+    """``train``: optimisation, schedule, stopping, precision and devices."""
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    optimizer: Optimizer
+    lr_schedule: LrSchedule
+    label_smoothing: Fraction
+    class_weights: bool
+    early_stopping_patience: int = Field(ge=0)
+    reduce_lr_on_plateau: bool
+    plateau_patience: int = Field(ge=0)
+    plateau_factor: float = Field(gt=0, lt=1)
+    min_lr: float = Field(ge=0)
+    restore_best: bool
+    seed: int
+    verbose: int = Field(ge=0, le=2)
+    time_budget_minutes: float = Field(ge=0)
+    precision: Precision
+    devices: Union[Literal["auto", "all"], Annotated[int, Field(ge=1)]]  # noqa: UP007 (pydantic reads it)
+    jit_compile: JitCompile
+
+
+class AugmentSettings(_Section):
+    """``augment``: training-time augmentation."""
+
+    enabled: bool
+    method: AugmentMethod
+    horizontal_flip: bool
+    rotation: float
+    zoom: float
+    shift: float
+
+    @field_validator("rotation", "zoom", "shift")
+    @classmethod
+    def _fraction(cls, value: float, info: ValidationInfo) -> float:
+        if not 0 <= value < 1:
+            raise ValueError(f"augment.rotation, zoom and shift must be in [0, 1), got augment.{info.field_name} = "
+                             f"{value!r}")
+        return value
+
+
+class DataSettings(_Section):
+    """``data``: where the faces come from and how they are split."""
+
+    source: str = Field(min_length=1)  # one of DATA_SOURCE_KINDS or a path
+    val_fraction: float = Field(gt=0, lt=1)
+    skip_bad_rows: bool
+    train_limit: int = Field(ge=0)
+    eval_limit: int = Field(ge=0)
+    synthetic_samples: int = Field(ge=1)
+    split_seed: int
+
+
+class Settings(_Section):
+    """A whole configuration. Validated with ``context={"fields_only": True}`` it checks each value alone
+    (what a variant or an override may set); without, the settings must also agree with each other."""
+
+    model: ModelSettings
+    train: TrainSettings
+    augment: AugmentSettings
+    data: DataSettings
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Settings:
+        if (info.context or {}).get("fields_only"):
+            return self
+        m, t = self.model, self.train
+        checks = [
+            (len(m.dense_units) == len(m.dense_dropout),
+             "model.dense_units and model.dense_dropout must have the same length"),
+            (not (t.lr_schedule != "constant" and t.reduce_lr_on_plateau),
+             f"train.lr_schedule {t.lr_schedule} and train.reduce_lr_on_plateau both set the learning rate: "
+             "choose one"),
+            (t.lr_schedule != "cosine_time" or t.time_budget_minutes > 0,
+             "train.lr_schedule cosine_time follows the time budget: set train.time_budget_minutes > 0"),
+            (m.input_size // 2**m.conv_blocks >= 1, "model.conv_blocks too deep for model.input_size"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in Settings.model_fields.items()}
 
 
 class ConfigError(ValueError):
@@ -59,8 +196,14 @@ def find_named_file(folder: Path, name_or_path: str, kind: str) -> Path:
 
 
 def load_defaults() -> dict[str, Any]:
-    """Return a fresh copy of the default configuration (the paper's final model)."""
-    return copy.deepcopy(read_yaml(DEFAULTS_FILE))
+    """Return a fresh copy of the default configuration (the paper's final model), checked against the schema.
+
+    Raises ConfigError naming ``defaults.yaml`` and the key when the file and the schema disagree.
+    """
+    raw = read_yaml(DEFAULTS_FILE)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{DEFAULTS_FILE}: expected a mapping of sections {', '.join(SECTIONS)}")
+    return _checked(copy.deepcopy(raw), str(DEFAULTS_FILE), fields_only=True, defaults=raw)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,31 +218,82 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
-    """Check ``value`` against the default's type; ints are accepted where floats are expected."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = is_number and isinstance(value, int)
-    elif isinstance(default, float):
-        ok, value = is_number, float(value) if is_number else value
-    elif isinstance(default, str):
-        # train.devices is auto | all | a count: the one string key that also takes an int
-        ok = isinstance(value, str) or (key == "train.devices" and is_number and isinstance(value, int))
-    else:  # lists of numbers (dense units, dropouts)
-        ok = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
-    if ok:
-        return value
-    where = f"{origin}: " if origin else ""
-    raise ConfigError(
-        f"{where}key '{key}' expects {type(default).__name__} (default {default!r}), got {value!r}"
-    )
+def _describe(annotation: Any) -> str:
+    """A person's name for a schema type: ``int``, ``list of float``, ``one of adam, sgd, adamw``."""
+    origin = get_origin(annotation)
+    if origin is Annotated:  # the type and its bounds: "int >= 1"
+        base, *extras = get_args(annotation)
+        bounds = [f"{op} {getattr(m, attr)}" for extra in extras for m in getattr(extra, "metadata", [extra])
+                  for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]
+        return " ".join([_describe(base), *bounds])
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, get_args(annotation)))
+    if origin is list:
+        return f"list of {_describe(get_args(annotation)[0])}"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<="), "too_short": ("min_length", "of length >=")}
+
+
+def _message(exc: ValidationError, cfg: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """One line for the first schema error: the dotted key, what it expects and the value it got."""
+    err = exc.errors(include_url=False)[0]
+    names = [part for part in err["loc"] if isinstance(part, str)][:2]  # section, field (then union tags)
+    key = ".".join(names)
+    if err["type"] == "value_error":  # our own validators write whole sentences that name their keys
+        return str(err["ctx"]["error"])
+    if err["type"] == "string_too_short":
+        return f"key '{key}' must not be empty"
+    if err["type"] == "missing":
+        return f"key '{key}' is missing (every setting needs a value in {DEFAULTS_FILE.name})"
+    if err["type"] == "extra_forbidden":
+        section = SECTIONS.get(names[0]) if len(names) > 1 else None
+        known = [f"{names[0]}.{k}" for k in section.model_fields] if section else list(SECTIONS)
+        return f"unknown key '{key}'; known keys: {', '.join(known)}"
+    value = flatten(cfg).get(key, err.get("input"))
+    if len(names) < 2:  # a whole section of the wrong shape
+        return f"key '{key}' expects a mapping of settings, got {value!r}"
+    if err["type"] in _BOUNDS and len(err["loc"]) == 3 and isinstance(err["loc"][2], int):
+        name, op = _BOUNDS[err["type"]]
+        return f"key '{key}' values must be {op} {err['ctx'][name]}, got {value!r}"
+    if err["type"] in _BOUNDS and not (len(err["loc"]) > 2 and isinstance(err["loc"][-1], str)):
+        name, op = _BOUNDS[err["type"]]
+        return f"key '{key}' must be {op} {err['ctx'][name]}, got {value!r}"
+    expected = _describe(SECTIONS[names[0]].model_fields[names[1]].annotation) if names[0] in SECTIONS else "?"
+    default = flatten(defaults).get(key)
+    return f"key '{key}' expects {expected} (default {default!r}), got {value!r}"
+
+
+def _checked(cfg: dict[str, Any], origin: str, fields_only: bool, defaults: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """``cfg`` validated by the schema and dumped back to plain dicts (ints in float fields become floats).
+
+    ``fields_only``: each value alone (ranges, types, choices); otherwise also the checks across settings.
+    Raises ConfigError ``"<origin>: <one line naming the key>"``.
+    """
+    try:
+        settings = Settings.model_validate(cfg, context={"fields_only": fields_only})
+    except ValidationError as exc:
+        where = f"{origin}: " if origin else ""
+        message = _message(exc, cfg, defaults if defaults is not None else load_defaults())
+        raise ConfigError(where + message) from None
+    return settings.model_dump()
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], origin: str = "") -> dict[str, Any]:
-    """Return ``cfg`` with dotted or nested ``overrides`` applied, refusing unknown keys and wrong types."""
+    """Return ``cfg`` with dotted or nested ``overrides`` applied, refusing unknown keys, wrong types and
+    values out of range (each value alone: checks across settings wait for ``resolve_config``).
+
+    ``cfg`` is a whole configuration (``load_defaults()`` or a resolved one; a ``variant`` entry is kept).
+    Raises ConfigError ``"<origin>: unknown key 'model.kernal'; known keys: ..."`` or ``"... key 'train.epochs'
+    expects int (default 100), got 'ten'"``.
+    """
     cfg = copy.deepcopy(cfg)
+    variant = cfg.pop("variant", None)
     known = flatten(cfg)
     for key, value in flatten(overrides or {}).items():
         if key not in known:
@@ -111,26 +305,45 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any], origin: str 
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
-        node[leaf] = _coerce(key, value, known[key], origin)
-    return cfg
+        node[leaf] = value
+    cfg = _checked(cfg, origin, fields_only=True)
+    return cfg if variant is None else {"variant": variant, **cfg}
+
+
+# A pair starts at a token "section.key=..." (at least one dot: every setting has one); a token that does not
+# (e.g. "8," of "model.dense_units=[16, 8, 8]") continues the value before it.
+_PAIR_START = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
 def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` strings (values in YAML syntax: 5, 0.1, true, [512,256]) into a dict.
+    """Parse ``key=value`` strings (values in YAML syntax: 5, 0.1, true, [512, 256]) into a dict.
 
     One string may hold several space-separated pairs ("train.epochs=5 model.kernel_size=5"), which is
-    how the MLproject ``overrides`` parameter carries them.
+    how the MLproject ``overrides`` parameter carries them. A value may contain spaces: it runs until the
+    next token that starts a dotted ``section.key=``, so ``model.dense_units=[16, 8, 8] train.epochs=2`` is
+    two pairs; quote a value that itself contains such a token. Raises ConfigError naming the bad pair.
     """
     result: dict[str, Any] = {}
     for pair in pairs or []:
-        for item in shlex.split(pair):
+        try:
+            tokens = shlex.split(pair)
+        except ValueError as exc:  # an unclosed quote
+            raise ConfigError(f"override '{pair}': {exc}") from None
+        items: list[str] = []
+        for token in tokens:
+            if items and not _PAIR_START.match(token) and not ("=" in token and "." not in token.split("=")[0]):
+                items[-1] += " " + token
+            else:
+                items.append(token)
+        for item in items:
             if "=" not in item:
                 raise ConfigError(f"override '{item}' is not key=value")
             key, raw = item.split("=", 1)
             try:
                 result[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
             except yaml.YAMLError as exc:
-                raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+                reason = str(exc).splitlines()[0]
+                raise ConfigError(f"override '{item}': value is not valid YAML ({reason})") from None
     return result
 
 
@@ -163,53 +376,45 @@ def resolve_config(
 ) -> dict[str, Any]:
     """Build the run configuration: defaults, then the named variant's delta, then ``overrides``.
 
-    The variant name is recorded under ``variant``; unknown variants list the known ones.
+    Returns a plain nested dict (``{"variant": name, "model": {...}, "train": {...}, ...}``) that passed the
+    whole schema, the checks across settings and the model registry (``validate``). Unknown variants list
+    the known ones; every error is a ConfigError naming the key.
     """
     variants = load_variants(variants_file)
     if variant not in variants:
         raise ConfigError(f"unknown variant '{variant}'; known variants: {', '.join(sorted(variants))}")
     cfg = apply_overrides(load_defaults(), variants[variant]["overrides"], origin=f"variant '{variant}'")
     cfg = apply_overrides(cfg, overrides or {}, origin="override")
-    validate(cfg)
-    return {"variant": variant, **cfg}
+    return {"variant": variant, **validate(cfg)}
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Check value ranges that types alone cannot (positive sizes, probabilities, matching lists)."""
-    m, t, a = cfg["model"], cfg["train"], cfg["augment"]
-    checks = [
-        (m["conv_blocks"] >= 1, "model.conv_blocks must be >= 1"),
-        (m["kernel_size"] >= 1, "model.kernel_size must be >= 1"),
-        (len(m["dense_units"]) == len(m["dense_dropout"]), "model.dense_units and model.dense_dropout "
-         "must have the same length"),
-        (0 <= m["conv_dropout"] < 1, "model.conv_dropout must be in [0, 1)"),
-        (all(0 <= d < 1 for d in m["dense_dropout"]), "model.dense_dropout values must be in [0, 1)"),
-        (t["epochs"] >= 1, "train.epochs must be >= 1"),
-        (t["batch_size"] >= 1, "train.batch_size must be >= 1"),
-        (t["learning_rate"] > 0, "train.learning_rate must be > 0"),
-        (t["optimizer"] in ("adam", "sgd", "adamw"), "train.optimizer must be one of adam, sgd, adamw"),
-        (t["lr_schedule"] in ("constant", "cosine", "cosine_time"),
-         "train.lr_schedule must be constant, cosine or cosine_time"),
-        (not (t["lr_schedule"] != "constant" and t["reduce_lr_on_plateau"]),
-         f"train.lr_schedule {t['lr_schedule']} and train.reduce_lr_on_plateau both set the learning rate: "
-         "choose one"),
-        (t["lr_schedule"] != "cosine_time" or t["time_budget_minutes"] > 0,
-         "train.lr_schedule cosine_time follows the time budget: set train.time_budget_minutes > 0"),
-        (t["time_budget_minutes"] >= 0, "train.time_budget_minutes must be >= 0"),
-        (t["precision"] in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-         "train.precision must be auto, float32, mixed_bfloat16 or mixed_float16"),
-        (str(t.get("devices", "auto")).lower() in ("auto", "all") or str(t.get("devices")).isdigit()
-         and int(t["devices"]) >= 1, "train.devices must be auto, all or a count >= 1"),
-        (t["jit_compile"] in ("auto", "xla", "no_xla"), "train.jit_compile must be auto, xla or no_xla"),
-        (a["method"] in ("single_warp", "keras_layers"), "augment.method must be single_warp or keras_layers"),
-        (all(0 <= a[k] < 1 for k in ("rotation", "zoom", "shift")),
-         "augment.rotation, zoom and shift must be in [0, 1)"),
-        (0 < cfg["data"]["val_fraction"] < 1, "data.val_fraction must be in (0, 1)"),
-        (m["input_size"] // 2 ** m["conv_blocks"] >= 1, "model.conv_blocks too deep for model.input_size"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check a whole configuration: every value, the settings against each other, and the model section
+    against the model registry (the name is registered; the builder takes every argument given).
+
+    Returns the validated configuration as plain dicts (``variant`` dropped). Raises ConfigError.
+    Importing the builders loads Keras, so this is the one step of resolving that does.
+    """
+    cfg = {k: v for k, v in cfg.items() if k != "variant"}
+    checked = _checked(cfg, "", fields_only=False)
+    check_model_section(checked["model"])
+    return checked
+
+
+def check_model_section(model_cfg: dict[str, Any]) -> None:
+    """The model name is registered and its builder accepts the section's arguments; else ConfigError."""
+    from fer_ablate import models  # Keras: only a config that is about to build a model needs the builders
+
+    name = model_cfg["name"]
+    if name not in models.list_models():
+        raise ConfigError(f"model.name: unknown model '{name}'; known models: {', '.join(models.list_models())}")
+    arguments = {k: v for k, v in model_cfg.items() if k not in models.NOT_BUILDER_ARGUMENTS}
+    signature = inspect.signature(models.get_builder(name))
+    try:
+        signature.bind(**arguments)
+    except TypeError as exc:
+        accepted = ", ".join(f"model.{p}" for p in signature.parameters)
+        raise ConfigError(f"model '{name}' cannot be built from this config ({exc}); it takes {accepted}") from None
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

@@ -2,9 +2,9 @@
 
 from fer_ablate.models import paper_cnn  # noqa: F401  (registers paper_cnn)
 from fer_ablate.models.layers import MirrorAverage
-from fer_ablate.models.registry import create_model, list_models, register_model
+from fer_ablate.models.registry import create_model, get_builder, list_models, register_model
 
-__all__ = ["MirrorAverage", "create_model", "list_models", "register_model", "build_from_config"]
+__all__ = ["MirrorAverage", "create_model", "get_builder", "list_models", "register_model", "build_from_config"]
 NOT_BUILDER_ARGUMENTS = ("name", "test_time_flip")  # model settings applied around the builder's network
 
 

@@ -22,8 +22,13 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build the registered model ``name`` with keyword arguments (the ``model`` config section)."""
+def get_builder(name: str) -> Callable[..., Any]:
+    """The builder registered as ``name`` (the config checks its signature); KeyError lists the known names."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown model '{name}'; known models: {', '.join(list_models())}")
-    return _BUILDERS[name](**kwargs)
+    return _BUILDERS[name]
+
+
+def create_model(name: str, **kwargs: Any) -> Any:
+    """Build the registered model ``name`` with keyword arguments (the ``model`` config section)."""
+    return get_builder(name)(**kwargs)
