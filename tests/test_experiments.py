@@ -3,7 +3,7 @@
 import pytest
 from conftest import PROJECT
 
-from fer_ablate.config.experiment_file import expand, load_experiment
+from fer_ablate.config.experiment_file import expand, load_experiment_file
 from fer_ablate.config.settings import ConfigError
 
 EXPERIMENT_FILES = sorted((PROJECT / "experiments").glob("*.yaml"))
@@ -11,7 +11,7 @@ EXPERIMENT_FILES = sorted((PROJECT / "experiments").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.stem)
 def test_every_experiment_file_loads_and_expands(path):
-    exp = load_experiment(str(path))
+    exp = load_experiment_file(str(path))
     runs = expand(exp)
     assert runs and len({(r.label, r.seed) for r in runs}) == len(runs)
     assert all(r.config["train"]["seed"] == r.seed for r in runs)
@@ -27,7 +27,7 @@ def test_required_experiments_exist():
 
 
 def test_paper_ablation_one_at_a_time():
-    exp = load_experiment("paper_ablation")
+    exp = load_experiment_file("paper_ablation")
     runs = expand(exp)
     labels = sorted({r.label for r in runs})
     assert labels == sorted(["paper", "layers10", "kernel5", "dropout25", "dropout0", "noaug"])
@@ -46,7 +46,7 @@ def _write(tmp_path, text, name="exp.yaml"):
 
 
 def test_factorial_and_seed_count(tmp_path):
-    exp = load_experiment(_write(tmp_path, "design: factorial\nseeds: 2\nfactors:\n  kernel: [kernel3, kernel5]\n"
+    exp = load_experiment_file(_write(tmp_path, "design: factorial\nseeds: 2\nfactors:\n  kernel: [kernel3, kernel5]\n"
                                  "  depth: [layers12, layers10]\n  aug: {aug_on: {augment.enabled: true}, "
                                  "aug_off: {augment.enabled: false}}\n"))
     runs = expand(exp)
@@ -59,7 +59,7 @@ def test_factorial_and_seed_count(tmp_path):
 
 
 def test_sequence_and_command_line_overrides(tmp_path):
-    exp = load_experiment("paper_history")
+    exp = load_experiment_file("paper_history")
     runs = expand(exp, {"train.epochs": 2})
     assert [r.label for r in runs[::3]] == ["first_5x5_b32_30ep", "layers10_3x3_b64_50ep", "final_12l_3x3_aug_100ep"]
     assert all(r.config["train"]["epochs"] == 2 for r in runs)
@@ -79,10 +79,10 @@ def test_sequence_and_command_line_overrides(tmp_path):
 ])
 def test_validation_errors_name_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
-        load_experiment(_write(tmp_path, text))
+        load_experiment_file(_write(tmp_path, text))
     assert "exp.yaml" in str(err.value) and message in str(err.value)
 
 
 def test_unknown_experiment_lists_known():
-    with pytest.raises(ConfigError, match="unknown experiment 'nope'.*paper_ablation"):
-        load_experiment("nope")
+    with pytest.raises(ConfigError, match="unknown experiment file 'nope'.*paper_ablation"):
+        load_experiment_file("nope")

@@ -1,6 +1,11 @@
 """Experiment files (``experiments/*.yaml``): what varies, what is fixed, how many seeds; expanded to runs.
 
-A factor's levels are variant names from ``conf/variants.yaml`` (or inline ``{name: {key: value}}``);
+Words: an *experiment file* (``ExperimentFile``) is one of these YAML files, the plan of a grid; an
+*MLflow experiment* is a folder of runs in the tracking store (``tracking.store`` says which one a command
+writes to). A grid's runs are tagged with the experiment file's name, not put in an MLflow experiment of
+that name.
+
+A factor's levels are variant names from ``config/variants.yaml`` (or inline ``{name: {key: value}}``);
 its first level is the base level. Designs:
 - ``one_at_a_time``: the base run plus, for each factor, each non-base level alone on top of the base;
 - ``factorial``: every combination of levels;
@@ -33,7 +38,7 @@ TOP_KEYS = {"name", "description", "base", "design", "seeds", "data", "fixed", "
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of an experiment: a label, its factor levels, its overrides, its seed and resolved config."""
+    """One run of an experiment file: a label, its factor levels, its overrides, its seed and resolved config."""
 
     label: str
     levels: dict[str, str]
@@ -53,8 +58,8 @@ class RunSpec:
 
 
 @dataclass
-class Experiment:
-    """A parsed and validated experiment file."""
+class ExperimentFile:
+    """A parsed and validated experiment file (``experiments/<name>.yaml``)."""
 
     name: str
     description: str
@@ -82,9 +87,9 @@ def experiments_dir() -> Path:
     return project_root() / "experiments"
 
 
-def find_experiment(name_or_path: str) -> Path:
-    """An experiment name (``paper_ablation``) or a path to a YAML file."""
-    return find_named_file(experiments_dir(), name_or_path, "experiment")
+def find_experiment_file(name_or_path: str) -> Path:
+    """The path of an experiment file given its name (``paper_ablation``) or a path to a YAML file."""
+    return find_named_file(experiments_dir(), name_or_path, "experiment file")
 
 
 def _levels(path: Path, factor: str, spec: Any, variants: dict) -> dict[str, dict[str, Any]]:
@@ -103,9 +108,9 @@ def _levels(path: Path, factor: str, spec: Any, variants: dict) -> dict[str, dic
     return levels
 
 
-def load_experiment(name_or_path: str) -> Experiment:
+def load_experiment_file(name_or_path: str) -> ExperimentFile:
     """Read and validate an experiment file; errors name the file, the key and what is allowed."""
-    path = find_experiment(name_or_path)
+    path = find_experiment_file(name_or_path)
     raw = read_mapping(path, TOP_KEYS)
     variants = load_variants()
     design = raw.get("design", "one_at_a_time")
@@ -130,7 +135,7 @@ def load_experiment(name_or_path: str) -> Experiment:
         if not isinstance(step, dict) or set(step) - allowed or "name" not in step:
             raise ConfigError(f"{path}: steps[{i}]: expected {{name, variant?, overrides?, description?}}, "
                               f"got {step!r}")
-    experiment = Experiment(
+    experiment = ExperimentFile(
         name=raw.get("name", path.stem), description=raw.get("description", ""), base=base, design=design,
         seeds=seeds, data=raw.get("data"), fixed=flatten(raw.get("fixed") or {}),
         nuisance=flatten(raw.get("nuisance") or {}), factors=factors, steps=steps, path=path,
@@ -139,7 +144,7 @@ def load_experiment(name_or_path: str) -> Experiment:
     return experiment
 
 
-def _combinations(exp: Experiment) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+def _combinations(exp: ExperimentFile) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     """(label, levels, scientific overrides) before seeds."""
     names = list(exp.factors)
     base_levels = {f: next(iter(levels)) for f, levels in exp.factors.items()}
@@ -166,8 +171,8 @@ def _combinations(exp: Experiment) -> list[tuple[str, dict[str, str], dict[str, 
     return combos
 
 
-def expand(exp: Experiment, extra: dict[str, Any] | None = None) -> list[RunSpec]:
-    """Every run of the experiment (each combination times each seed), with its resolved config.
+def expand(exp: ExperimentFile, extra: dict[str, Any] | None = None) -> list[RunSpec]:
+    """Every run of the experiment file (each combination times each seed), with its resolved config.
 
     ``extra`` (command-line ``--set``) is applied last, to every run.
     """
