@@ -60,8 +60,10 @@ def read_bytes(path: Path) -> bytes | mmap.mmap:
 def show(value: bytes | str, limit: int = 40) -> str:
     """Data quoted in an error message: one readable line, escaped and truncated to ``limit`` characters."""
     text = value.decode(errors="replace") if isinstance(value, bytes | bytearray) else str(value)
-    shown = repr(text[:limit])
-    return shown + (f"... ({len(text):,} characters)" if len(text) > limit else "")
+    escaped = repr(text[:limit])[1:-1]  # newlines, tabs and binary as \n, \t, \x00: never a second line
+    if len(text) <= limit and len(escaped) <= limit:
+        return f"'{escaped}'"
+    return f"'{escaped[:limit]}...' ({len(text):,} characters)"
 
 
 def _column_order(header: bytes, path: Path) -> dict[str, int | str]:
