@@ -92,7 +92,12 @@ def log_dataset(dataset: Dataset) -> None:
                 ds = mlflow.data.from_numpy(x[:1].astype(np.float32)[..., None], targets=y[:1],
                                             source=dataset.location, name=f"{dataset.source}-{split}",
                                             digest=f"{dataset.digest}-{split}")
-            mlflow.log_input(ds, context=context)
+            try:
+                mlflow.log_input(ds, context=context)
+            except mlflow.exceptions.MlflowException:
+                # Two workers logging the same new dataset at once: one insert loses MLflow's unique
+                # (experiment, name, digest) race; by now the row exists, so the retry links to it.
+                mlflow.log_input(ds, context=context)
 
 
 def log_metrics(metrics: dict[str, float], step: int) -> None:
