@@ -6,6 +6,9 @@ config hash and the fold digest: running the same command again reuses it, skips
 reruns failed or killed ones. The parent logs mean, std and a 95% t-interval of the fold scores, each fold
 model's held-out test accuracy, and the fold ensemble's (softmax averaged over the fold models).
 With ``--experiment``, a group run sits above the variant parents and receives the k-fold report.
+
+``cross_validate`` is the one cross-validation engine: ``kfold`` and the fold-mean Optuna objective both
+train their folds through it (the objective's per-fold callback reports each score to the pruner).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fer_ablate import tracking
-from fer_ablate.config.experiment_file import expand, load_experiment
+from fer_ablate.config.experiment_file import expand, load_experiment_file
 from fer_ablate.config.settings import config_hash, flatten, resolve_config
 from fer_ablate.data import Dataset, load_dataset
 from fer_ablate.data.folds import (
@@ -37,14 +41,13 @@ from fer_ablate.data.folds import (
 )
 from fer_ablate.reports.plots import plot_confusion
 from fer_ablate.reports.stats import mean_ci
-from fer_ablate.runs.jobs import Progress, run_jobs
+from fer_ablate.runs.jobs import JobResult, Progress, run_jobs
 from fer_ablate.runs.single import ChildOutcome, train_child
 from fer_ablate.training.metrics import confusion, evaluate_probabilities
 
 log = logging.getLogger(__name__)
 KIND = "kfold"
 GROUP_KIND = "kfold-group"
-EXPERIMENT = "fer-ablate-kfold"
 SCORES = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
 
 
@@ -73,7 +76,7 @@ def candidates(variant: str | None, experiment: str | None, extra: dict[str, Any
     """The group name and the variants to run: one variant, or every variant (label) of an experiment
     file at its first seed (the folds, not seeds, are the replicates here)."""
     if experiment:
-        exp = load_experiment(experiment)
+        exp = load_experiment_file(experiment)
         chosen: dict[str, Candidate] = {}
         for spec in expand(exp, extra):
             if spec.seed == exp.seeds[0] and spec.label not in chosen:
@@ -108,10 +111,73 @@ def assignment_for(pool: Pool, dataset: Dataset, k: int, seed: int, include_vali
     return make_folds(pool.y, k, seed, dataset.digest, include_validation)
 
 
+@dataclass(frozen=True)
+class FoldSpec:
+    """What every fold of one cross-validation shares (picklable: it travels to worker processes).
+
+    ``name`` prefixes each fold run's name (``kernel5 · fold 2/5``); ``tags`` mark each fold run (its
+    ``fold``, ``kfold_k`` and ``kfold_folds`` tags are added).
+    """
+
+    cfg: dict[str, Any]
+    name: str
+    tags: dict[str, str]
+    assignment: FoldAssignment
+
+
+def train_fold(spec: FoldSpec, fold: int, ctx: tracking.RunContext, dataset: Dataset | None = None
+               ) -> ChildOutcome:
+    """Train one fold as a child run of ``ctx.parent_run_id`` (here or in a worker process, which loads the
+    cached data itself); data and training errors are recorded and returned, not raised."""
+    assignment = spec.assignment
+    try:
+        dataset = dataset or load_dataset(spec.cfg["data"])
+        pool = training_pool(dataset, assignment.include_validation)
+        check_matches(assignment, pool, dataset.digest, "the fold assignment")
+        fold_data = fold_dataset(dataset, pool, assignment, fold)
+    except Exception as exc:
+        log.exception("fold %d of %s: data", fold, spec.name)
+        return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
+    tags = {**spec.tags, "fold": str(fold), "kfold_k": str(assignment.k), "kfold_folds": assignment.digest}
+    return train_child(spec.cfg, f"{spec.name} · fold {fold + 1}/{assignment.k}", tags, ctx, fold_data)
+
+
+def cross_validate(spec: FoldSpec, folds: list[int], ctx: tracking.RunContext, workers: int = 1,
+                   dataset: Dataset | None = None,
+                   on_fold: Callable[[int, ChildOutcome], None] = lambda fold, outcome: None
+                   ) -> dict[int, ChildOutcome]:
+    """Train ``folds`` (in this order) as child runs of ``ctx.parent_run_id`` through the job runner.
+
+    ``on_fold(fold, outcome)`` runs as each fold ends; an exception from it (e.g. ``optuna.TrialPruned``)
+    stops the remaining folds (running workers are terminated, their runs end KILLED) and propagates. A
+    fold whose worker process died is a failed outcome, its run ended KILLED. ``dataset`` (loaded) is used
+    in this process only; workers load the (cached) data themselves.
+    """
+    outcomes: dict[int, ChildOutcome] = {}
+
+    def done(result: JobResult) -> None:
+        fold = folds[result.index]
+        outcome = result.value if result.ok else ChildOutcome("", False, result.error or "failed")
+        if not result.ok and ctx.parent_run_id:  # its process died: its run may be left RUNNING
+            tracking.end_stale_runs([r for r in tracking.direct_children(ctx.parent_run_id)
+                                     if r.data.tags.get("fold") == str(fold)], f"its worker died: {result.error}")
+        outcomes[fold] = outcome
+        on_fold(fold, outcome)
+
+    local = dataset if workers <= 1 else None
+    run_jobs(train_fold, [(spec, fold, ctx, local) for fold in folds], workers, ctx, done)
+    return outcomes
+
+
 def run_kfold(variant: str | None = "paper", experiment: str | None = None, folds: int = 5, seed: int = 0,
               include_validation: bool = False, fold_file: str | None = None, extra: dict[str, Any] | None = None,
               workers: int = 1, tracking_uri: str | None = None) -> list[KFoldOutcome]:
-    """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment."""
+    """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment.
+
+    Configs, data and folds are resolved and checked before anything is recorded (ConfigError, DataError,
+    FoldError). Each parent ends FINISHED when every fold finished, FAILED otherwise, KILLED on Ctrl-C or
+    SIGTERM.
+    """
     name, cands = candidates(variant, experiment, extra or {})
     _check_same_data(cands)
     dataset = load_dataset(cands[0].config["data"])
@@ -121,31 +187,33 @@ def run_kfold(variant: str | None = "paper", experiment: str | None = None, fold
     log.info("k-fold %s: %d variant(s) x %d folds over a pool of %d images (fold sizes %s, folds %s); "
              "held-out test: %s", name, len(cands), assignment.k, len(pool.y), sizes, assignment.digest,
              f"{pool.test_split} ({len(pool.test[1])} images)" if pool.test else "none")
-    experiment_id = tracking.configure(EXPERIMENT, tracking_uri)
-    group = None
-    if experiment:
-        keys = "|".join(_variant_key(c, assignment) for c in cands)
-        group = tracking.open_parent(
-            experiment_id, GROUP_KIND, name, {"kfold_k": str(assignment.k), "kfold_folds": assignment.digest},
-            key_tags={"kfold_group_key": hashlib.sha256(keys.encode()).hexdigest()[:12]})
-        tracking.log_parent_summary(group, {}, texts={"folds.json": assignment.to_json(),
-                                                      "variants.json": json.dumps([c.label for c in cands])})
-    outcomes = []
-    try:
-        for cand in cands:
-            outcomes.append(_run_variant(cand, name, group, dataset, pool, assignment, experiment_id, workers))
-    except KeyboardInterrupt:
-        if group:
-            tracking.end_run_by_id(group, "KILLED", "interrupted; run the same command again to resume")
-        raise
-    if group:
+    ctx = tracking.open_context(tracking_uri=tracking_uri)  # the store's one rule picks the MLflow experiment
+    data = _Data(dataset, pool, assignment)
+    if not experiment:
+        return [_run_variant(cands[0], name, data, ctx, workers)]
+    keys = "|".join(_variant_key(c, assignment) for c in cands)
+    with tracking.parent_run(ctx, GROUP_KIND, name, {"kfold_k": str(assignment.k), "kfold_folds": assignment.digest},
+                             key_tags={"kfold_group_key": hashlib.sha256(keys.encode()).hexdigest()[:12]},
+                             headline="val_accuracy_mean") as group:
+        tracking.log_parent_summary(group.run_id, {}, texts={"folds.json": assignment.to_json(),
+                                                             "variants.json": json.dumps([c.label for c in cands])})
+        outcomes = [_run_variant(cand, name, data, ctx.under(group.run_id), workers) for cand in cands]
         failed = [o.label for o in outcomes if o.failed or o.metrics.get("folds_finished", 0) < assignment.k]
-        tracking.end_run_by_id(group, "FAILED" if failed else "FINISHED",
-                               f"incomplete variants: {', '.join(failed)}; rerun to retry" if failed else None)
+        if failed:
+            group.fail(f"incomplete variants: {', '.join(failed)}; rerun to retry")
     return outcomes
 
 
+@dataclass
+class _Data:
+    dataset: Dataset
+    pool: Pool
+    assignment: FoldAssignment
+
+
 def _variant_key(cand: Candidate, assignment: FoldAssignment) -> str:
+    """A variant's resume key: its config hash and the fold digest, which covers the data's content digest
+    (``auto`` resolved), k, the fold seed and the pooling, so changed data reruns every fold."""
     return f"{config_hash(cand.config)}-{assignment.digest}"
 
 
@@ -163,76 +231,53 @@ def finished_folds(runs: list[Any]) -> dict[int, Any]:
     return found
 
 
-def _run_variant(cand: Candidate, group_name: str, group: str | None, dataset: Dataset, pool: Pool,
-                 assignment: FoldAssignment, experiment_id: str, workers: int) -> KFoldOutcome:
-    key = _variant_key(cand, assignment)
-    k = assignment.k
-    parent = tracking.open_parent(
-        experiment_id, KIND, cand.label, key_tags={"kfold_key": key}, parent_run_id=group,
-        use_launcher_run=group is None,
-        tags={"variant": cand.label, "config_hash": config_hash(cand.config), "kfold_k": str(k),
-              "kfold_seed": str(assignment.seed), "kfold_folds": assignment.digest, "kfold_group": group_name,
-              "kfold_group_run": group or "", "kfold_test_split": pool.test_split or "none",
-              "kfold_include_validation": str(assignment.include_validation).lower(),
-              "data_source": dataset.source, "data_digest": dataset.digest,
-              **{f"level.{f}": lvl for f, lvl in cand.levels.items()}})
-    tracking.log_config_to(parent, cand.config)
-    tracking.log_parent_summary(parent, {}, texts={"folds.json": assignment.to_json()})
-    earlier = fold_runs(experiment_id, cand.label, key)  # one query for resume and stale-run cleanup
-    done = finished_folds(earlier)
-    for run in earlier:
-        if run.info.status == "RUNNING":
-            tracking.end_run_by_id(run.info.run_id, "KILLED", "left RUNNING by a killed k-fold run; rerun on resume")
-    todo = [fold for fold in range(k) if fold not in done]
-    log.info("k-fold %s: %d folds, %d already finished, %d to run (parent run %s)",
-             cand.label, k, len(done), len(todo), parent)
-    local = dataset if workers <= 1 else None  # a worker process loads the (cached) data itself
-    jobs = [(cand.config, cand.label, fold, assignment, experiment_id, parent, key, local) for fold in todo]
-    progress = Progress(len(todo))
-    finished = failed = 0
-    try:
-        for i, outcome, died in run_jobs(run_fold, jobs, workers):
-            if died is not None:
-                outcome = ChildOutcome("", False, f"worker died: {died}")
-            finished, failed = finished + outcome.ok, failed + (not outcome.ok)
-            log.info(progress.line(f"{cand.label} fold {todo[i] + 1}/{k}", outcome.ok, outcome.detail))
-    except KeyboardInterrupt:
-        tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume")
-        raise
-    runs = finished_folds(fold_runs(experiment_id, cand.label, key))
-    metrics = summarise(runs, k)
-    metrics.update(_log_ensemble(parent, runs, pool, cand.label))
-    tracking.log_parent_summary(parent, metrics, texts={"fold_runs.json": json.dumps(
-        {str(f): runs[f].info.run_id for f in sorted(runs)})})
-    complete = len(runs) == k
-    tracking.end_run_by_id(parent, "FINISHED" if complete else "FAILED",
-                           None if complete else f"{k - len(runs)} fold(s) did not finish; rerun to retry them")
+def _run_variant(cand: Candidate, group_name: str, data: _Data, ctx: tracking.RunContext, workers: int
+                 ) -> KFoldOutcome:
+    """One variant's k-fold parent (under the group, if any): resume, train the missing folds, aggregate."""
+    assignment, pool, dataset = data.assignment, data.pool, data.dataset
+    key, k, group = _variant_key(cand, assignment), assignment.k, ctx.parent_run_id
+    tags = {"variant": cand.label, "config_hash": config_hash(cand.config), "kfold_k": str(k),
+            "kfold_seed": str(assignment.seed), "kfold_folds": assignment.digest, "kfold_group": group_name,
+            "kfold_group_run": group or "", "kfold_test_split": pool.test_split or "none",
+            "kfold_include_validation": str(assignment.include_validation).lower(),
+            "data_source": dataset.source, "data_digest": dataset.digest,
+            **{f"level.{f}": lvl for f, lvl in cand.levels.items()}}
+    with tracking.parent_run(ctx, KIND, cand.label, tags, key_tags={"kfold_key": key},
+                             use_launcher_run=group is None) as parent:
+        tracking.log_config_to(parent.run_id, cand.config)
+        tracking.log_parent_summary(parent.run_id, {}, texts={"folds.json": assignment.to_json()})
+        earlier = fold_runs(ctx.experiment_id, cand.label, key)  # one query for resume and stale-run cleanup
+        done = finished_folds(earlier)
+        tracking.end_stale_runs(earlier, "left RUNNING by a killed k-fold run; rerun on resume")
+        todo = [fold for fold in range(k) if fold not in done]
+        log.info("k-fold %s: %d folds, %d already finished, %d to run (parent run %s)",
+                 cand.label, k, len(done), len(todo), parent.run_id)
+        progress = Progress(len(todo))
+
+        def report(fold: int, outcome: ChildOutcome) -> None:
+            log.info(progress.line(f"{cand.label} fold {fold + 1}/{k}", outcome.ok, outcome.detail))
+
+        spec = FoldSpec(cand.config, cand.label, tracking.child_tags(KIND, cand.label, {"kfold_key": key}),
+                        assignment)
+        outcomes = cross_validate(spec, todo, ctx.under(parent.run_id), workers, dataset, report)
+        finished = sum(o.ok for o in outcomes.values())
+        runs = finished_folds(fold_runs(ctx.experiment_id, cand.label, key))
+        metrics = summarise(runs, k)
+        metrics.update(_log_ensemble(parent.run_id, runs, pool, cand.label))
+        tracking.log_parent_summary(parent.run_id, metrics, texts={"fold_runs.json": json.dumps(
+            {str(f): runs[f].info.run_id for f in sorted(runs)})})
+        if len(runs) < k:
+            parent.fail(f"{k - len(runs)} fold(s) did not finish; rerun to retry them")
     log.info("k-fold %s: val_accuracy %s over %d folds; ensemble test accuracy %s", cand.label,
              _pct(metrics, "val_accuracy"), len(runs), f"{metrics['ensemble_test_accuracy']:.4f}"
              if "ensemble_test_accuracy" in metrics else "n/a")
-    return KFoldOutcome(cand.label, parent, len(done), finished, failed, metrics)
+    return KFoldOutcome(cand.label, parent.run_id, len(done), finished, len(todo) - finished, metrics)
 
 
 def _pct(metrics: dict[str, float], key: str) -> str:
     if f"{key}_mean" not in metrics:
         return "n/a"
     return f"{100 * metrics[f'{key}_mean']:.2f} ± {100 * metrics[f'{key}_std']:.2f}%"
-
-
-def run_fold(cfg: dict[str, Any], label: str, fold: int, assignment: FoldAssignment, experiment_id: str,
-             parent: str, key: str, dataset: Dataset | None = None) -> ChildOutcome:
-    """Train one fold as a child run (here or in a worker process); errors are recorded, not raised."""
-    try:
-        dataset = dataset or load_dataset(cfg["data"])
-        pool = training_pool(dataset, assignment.include_validation)
-        check_matches(assignment, pool, dataset.digest, "the fold assignment")
-        fold_data = fold_dataset(dataset, pool, assignment, fold)
-    except Exception as exc:
-        log.exception("fold %d of %s: data", fold, label)
-        return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
-    tags = tracking.child_tags(KIND, label, {"kfold_key": key, "fold": fold, "kfold_k": assignment.k,
-                                             "kfold_folds": assignment.digest})
-    return train_child(cfg, f"{label} · fold {fold + 1}/{assignment.k}", tags, parent, experiment_id, fold_data)
 
 
 def summarise(runs: dict[int, Any], k: int) -> dict[str, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fer_ablate import tracking
-from fer_ablate.config.experiment_file import RunSpec, expand, load_experiment
+from fer_ablate.config.experiment_file import RunSpec, expand, load_experiment_file
 from fer_ablate.config.settings import config_hash, to_yaml
 from fer_ablate.data.loading import data_identity
 from fer_ablate.runs.jobs import JobResult, Progress, run_jobs
@@ -99,13 +99,13 @@ def run_experiment(
     (ConfigError), a missing data path (DataError) or an unusable storage (StorageError) fails before
     anything is recorded. The parent ends FINISHED, FAILED when a run failed, KILLED on Ctrl-C / SIGTERM.
     """
-    exp = load_experiment(name_or_path)
+    exp = load_experiment_file(name_or_path)
     keyed = keyed_runs(expand(exp, extra))
     if storage:  # an invalid URL or unreachable database fails here, before any run starts
         from fer_ablate.runs.shared_queue import open_rdb_storage
 
         open_rdb_storage(storage)
-    ctx = tracking.open_context(exp.name, tracking_uri)
+    ctx = tracking.open_context(tracking_uri=tracking_uri)  # the store's one rule picks the MLflow experiment
     plan = {"name": exp.name, "description": exp.description, "design": exp.design, "base": exp.base,
             "seeds": exp.seeds, "overrides": extra or {},
             "runs": [{"label": r.label, "seed": r.seed, "key": key, "levels": r.levels} for key, r in keyed]}

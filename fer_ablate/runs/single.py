@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fer_ablate import tracking
+from fer_ablate.config.settings import config_hash
 from fer_ablate.data import Dataset, load_dataset
+from fer_ablate.reports.plots import run_figures
 from fer_ablate.tracking.machine_tags import log_machine_tags
+from fer_ablate.training.callbacks import EpochLogger
 from fer_ablate.training.hardware import run_machine_tags
-from fer_ablate.training.loop import EPOCH_METRICS, train
+from fer_ablate.training.loop import train
+from fer_ablate.training.metrics import confusion
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +28,7 @@ def default_run_name(cfg: dict[str, Any]) -> str:
 
 def train_and_track(
     cfg: dict[str, Any],
-    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
     run_name: str | None = None,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
@@ -41,17 +47,24 @@ def train_and_track(
     ctx = ctx or tracking.open_context(experiment, tracking_uri)
     name = run_name or default_run_name(cfg)
     with tracking.tracked_run(ctx.experiment_id, name, tags, ctx.parent_run_id) as run:
-        digest = tracking.log_config(cfg)
-        log_machine_tags(run_machine_tags(cfg["train"]["precision"]))  # backend, devices, CPU flags, precision
+        digest = tracking.log_config(cfg, config_hash(cfg))
+        log_machine_tags(run_machine_tags(cfg["train"]))  # backend, devices, CPU flags, precision
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
         dataset = dataset or load_dataset(cfg["data"])
         tracking.log_dataset(dataset)
-        result = train(cfg, dataset, callbacks=[tracking.EpochLogger(EPOCH_METRICS), *(extra_callbacks or [])])
-        tracking.log_result(result, cfg)
+        result = train(cfg, dataset, callbacks=[EpochLogger(tracking.log_metrics), *(extra_callbacks or [])])
+        _log_result(result, cfg["variant"])
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
                             if k.endswith(("_accuracy", "_macro_f1")))
         log.info("run %s finished: %s", run.info.run_id, summary)
     return run.info.run_id, result.metrics
+
+
+def _log_result(result: Any, variant: str) -> None:
+    """Confusion matrices and figures are made here (tracking records, it neither computes nor plots)."""
+    matrices = {split: confusion(y, probs) for split, (y, probs) in result.predictions.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracking.log_result(result, matrices, run_figures(matrices, result.history, variant, Path(tmp)))
 
 
 @dataclass

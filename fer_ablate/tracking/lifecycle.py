@@ -22,8 +22,6 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from fer_ablate.tracking.core import DEFAULT_EXPERIMENT, configure, use_store
-
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume"
 HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children for the runs table
 
@@ -44,11 +42,15 @@ class RunContext:
         return replace(self, parent_run_id=parent_run_id)
 
 
-def open_context(experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+def open_context(experiment: str | None = None, tracking_uri: str | None = None,
                  experiment_id: str | None = None) -> RunContext:
-    """Point MLflow at the store once (checked: raises TrackingError when unusable) and choose the experiment."""
-    uri = use_store(tracking_uri)
-    return RunContext(uri, configure(experiment, uri, experiment_id))
+    """Point MLflow at the store once (checked: raises TrackingError when unusable) and choose the MLflow
+    experiment (``experiment``, or the package's rule when None)."""
+    from fer_ablate import tracking  # the package's store functions (looked up late: no import cycle)
+
+    uri = tracking.use_store(tracking_uri)
+    named = {"experiment": experiment} if experiment else {}
+    return RunContext(uri, tracking.configure(tracking_uri=uri, experiment_id=experiment_id, **named))
 
 
 def enter_context(ctx: RunContext) -> None:
@@ -107,13 +109,15 @@ def summarize_children(parent_run_id: str, metric: str = HEADLINE_METRIC) -> dic
 
 
 @contextlib.contextmanager
-def ended_run(run_id: str, own_children: bool = False) -> Iterator[RunHandle]:
+def ended_run(run_id: str, own_children: bool = False, headline: str = HEADLINE_METRIC,
+              finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunHandle]:
     """Drive a run that is not active in this process (a parent, a k-fold trial) and end it truly.
 
-    On leaving: its children's headline numbers are logged (``summarize_children``); with ``own_children``
+    On leaving: its children's ``headline`` numbers are logged (``summarize_children``); with ``own_children``
     (this process launched every child: single-host grids, folds) a child still RUNNING is ended KILLED.
     Then FINISHED (or FAILED after ``handle.fail``), FAILED with an ``error`` tag on an exception, KILLED on
-    KeyboardInterrupt / SIGTERM. The exception is re-raised.
+    KeyboardInterrupt / SIGTERM. The exception is re-raised. ``finished_on``: exceptions that still mean
+    the run did its work (a pruned trial) and end it FINISHED.
     """
     handle = RunHandle(run_id)
     status, error = "FINISHED", None
@@ -122,22 +126,24 @@ def ended_run(run_id: str, own_children: bool = False) -> Iterator[RunHandle]:
     except KeyboardInterrupt:
         status, error = "KILLED", INTERRUPTED
         raise
+    except finished_on:
+        raise
     except BaseException as exc:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
     finally:
         if status == "FINISHED" and handle.failure:
             status, error = "FAILED", handle.failure
-        _close(handle.run_id, status, error, own_children)
+        _close(handle.run_id, status, error, own_children, headline)
 
 
-def _close(run_id: str, status: str, error: str | None, own_children: bool) -> None:
+def _close(run_id: str, status: str, error: str | None, own_children: bool, headline: str) -> None:
     """End a run; a second Ctrl-C during the bookkeeping must not leave it RUNNING, so it is retried once."""
     for _ in range(2):
         try:
             if own_children:
                 end_stale_runs(direct_children(run_id), "its process was stopped before the run ended")
-            summary = summarize_children(run_id)
+            summary = summarize_children(run_id, headline)
             client = MlflowClient()
             for key, value in summary.items():
                 client.log_metric(run_id, key, value)
@@ -150,15 +156,26 @@ def _close(run_id: str, status: str, error: str | None, own_children: bool) -> N
 @contextlib.contextmanager
 def parent_run(ctx: RunContext, kind: str, name: str, tags: dict[str, str] | None = None,
                key_tags: dict[str, str] | None = None, use_launcher_run: bool = True,
-               own_children: bool = True) -> Iterator[RunHandle]:
+               own_children: bool = True, headline: str = HEADLINE_METRIC) -> Iterator[RunHandle]:
     """Open (or reuse, for resume) the parent run of a grid, k-fold or study, and end it truly (``ended_run``).
 
     ``ctx.parent_run_id`` nests the new parent under another run (a k-fold group). ``own_children=False``
     for a parent shared by several machines (a PostgreSQL-shared grid), whose RUNNING children may be
-    alive elsewhere.
+    alive elsewhere. ``headline``: the children's metric the parent summarises (``best_``/``mean_`` prefix).
     """
     run_id = open_parent(ctx.experiment_id, kind, name, tags, key_tags, ctx.parent_run_id, use_launcher_run)
-    with ended_run(run_id, own_children) as handle:
+    with ended_run(run_id, own_children, headline) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def nested_run(ctx: RunContext, run_name: str, tags: dict[str, str] | None = None,
+               finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunHandle]:
+    """A new run under ``ctx.parent_run_id`` that is not active in this process (its own children are: a
+    k-fold trial's folds), ended truly (``ended_run``, owning its children)."""
+    nest = {"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}
+    run_id = MlflowClient().create_run(ctx.experiment_id, run_name=run_name, tags={**(tags or {}), **nest}).info.run_id
+    with ended_run(run_id, own_children=True, finished_on=finished_on) as handle:
         yield handle
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from fer_ablate import tracking
+from fer_ablate.inference.keras_model import load_keras_model
+from fer_ablate.inference.model_contract import check_model, is_model_file
 from fer_ablate.inference.pyfunc_model import OUTPUT_COLUMNS, PROB_COLUMNS, FaceClassifier, PhotoModel
 
 log = logging.getLogger(__name__)
@@ -47,21 +50,29 @@ def _example_image() -> str:
 
 
 def log_photo_model(run_id: str) -> str:
-    """Log the pyfunc photo model into ``run_id`` (from its Keras model); return its model URI."""
+    """Log the pyfunc photo model into ``run_id`` (from its Keras model); return its model URI.
+
+    The run is never started (``Model.log(run_id=...)``): logging into a finished run cannot change its
+    status, even when logging fails (an exception there would otherwise end the run FAILED, and a resumed
+    grid would train it again). The status is checked afterwards and restored should anything have moved it.
+    """
     keras_model = tracking.load_model(f"runs:/{run_id}/{tracking.MODEL_NAME}")
     client = tracking.get_client()
     status = client.get_run(run_id).info.status
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.keras"
-        keras_model.save(path)
-        package = Path(__file__).resolve().parent.parent  # the whole fer_ablate package travels with the model
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=PHOTO_MODEL, python_model=str(package / "inference" / "pyfunc_entry.py"),
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            keras_model.save(path)
+            package = Path(__file__).resolve().parent.parent  # the whole fer_ablate package travels with the model
+            info = Model.log(
+                name=PHOTO_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
+                python_model=str(package / "inference" / "pyfunc_entry.py"),
                 artifacts={"keras_model": str(path)}, code_paths=[str(package)], signature=photo_signature(),
                 input_example=(pd.DataFrame({"image": [_example_image()]}), {"tta": False, "crops": False}),
                 pip_requirements=_requirements())
-    client.set_terminated(run_id, status)  # logging into a finished run must not change its state
+    finally:
+        if client.get_run(run_id).info.status != status:
+            client.set_terminated(run_id, status)
     return info.model_uri
 
 
@@ -106,21 +117,26 @@ def promote(run_id: str, name: str = REGISTERED_NAME, alias: str = ALIAS, tracki
 def load_classifier(model_uri: str = DEFAULT_MODEL_URI, tta: bool = False, equalize: bool = False,
                     tracking_uri: str | None = None) -> FaceClassifier:
     """A FaceClassifier from a registered photo model (``models:/...``), a run's Keras model or a .keras file."""
-    if Path(model_uri).suffix == ".keras":
-        return FaceClassifier(tracking.load_model(model_uri), tta, equalize)
+    if is_model_file(model_uri):
+        return FaceClassifier(load_keras_model(model_uri), tta, equalize)
     tracking.use_store(tracking_uri)
     try:
         flavors = mlflow.models.get_model_info(model_uri).flavors
     except MlflowException as exc:
-        if model_uri.startswith("models:/"):
+        # Only a missing name, version or alias means "nothing registered"; anything else (a ./mlruns file
+        # store that MLflow 3 refuses, an unreachable server) is reported in MLflow's own words.
+        missing = exc.error_code == "RESOURCE_DOES_NOT_EXIST" or re.search(r"alias \S+ not found", exc.message)
+        if model_uri.startswith("models:/") and missing:
             raise tracking.TrackingError(
                 f"no model registered as {model_uri} in {mlflow.get_tracking_uri()}: train one "
                 "(fer-ablate train ...) and register it with: fer-ablate promote RUN_ID") from exc
-        raise tracking.TrackingError(f"cannot load model {model_uri}: {exc.message}") from exc
+        raise tracking.TrackingError(f"cannot load model {model_uri} from {mlflow.get_tracking_uri()}: "
+                                     f"{exc.message}") from exc
     if "keras" in flavors:
-        return FaceClassifier(tracking.load_model(model_uri), tta, equalize)
+        return FaceClassifier(load_keras_model(model_uri), tta, equalize)
     photo = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     if not isinstance(photo, PhotoModel):
         raise tracking.TrackingError(f"{model_uri} is not a fer-ablate model ({type(photo).__name__})")
+    check_model(photo.classifier.model, model_uri)
     photo.classifier.tta, photo.classifier.equalize = tta, equalize
     return photo.classifier

@@ -3,13 +3,15 @@
 Storage: SQLite (one process, the default ``<project>/optuna.db``), a journal file (``journal:PATH``, several
 processes on one host, what ``--workers N`` uses by default) or PostgreSQL (several machines). Re-running
 with the same study name resumes it; RDB storages record heartbeats, so a trial whose worker died is
-marked FAIL and retried.
+marked FAIL and retried. ``--workers N`` runs N workers through the job runner (spawned processes that
+Ctrl-C and SIGTERM stop, their trial runs ending KILLED). The config of every trial (base variant, fixed
+settings, ``--set``) and its data source are checked before anything is recorded, and a study whose trials
+keep failing stops (``MAX_CONSECUTIVE_FAILURES``) and fails instead of running forever.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import warnings
 from dataclasses import dataclass
@@ -26,16 +28,22 @@ from fer_ablate import tracking
 from fer_ablate.config.search_space import SearchSpace, active, load_space
 from fer_ablate.config.settings import ConfigError, config_hash, resolve_config
 from fer_ablate.data import Dataset, load_dataset
-from fer_ablate.data.folds import fold_dataset, make_folds, training_pool
+from fer_ablate.data.folds import make_folds, training_pool
+from fer_ablate.data.loading import resolve_source
 from fer_ablate.paths import project_root
+from fer_ablate.runs.cross_validation import FoldSpec, cross_validate
+from fer_ablate.runs.jobs import run_jobs
 from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
-from fer_ablate.runs.single import train_and_track
+from fer_ablate.runs.single import ChildOutcome, train_and_track
 from fer_ablate.training.loop import EPOCH_METRICS
 
 log = logging.getLogger(__name__)
 KIND = "study"
-EXPERIMENT = "fer-ablate-tuning"
 HEARTBEAT = int(os.environ.get("FER_ABLATE_HEARTBEAT", "20"))  # seconds; tests shorten it
+# A worker stops after this many failed trials in a row: different suggestions all failing means the setup
+# (data, code, a config the space cannot fix) is broken, and a study would otherwise fail trials forever
+# (``n_trials`` counts finished trials only). 5 still lets a space with a few impossible corners go on.
+MAX_CONSECUTIVE_FAILURES = 5
 # Heartbeats and some samplers are 'experimental' in Optuna 5; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -46,14 +54,13 @@ def default_storage() -> str:
 
 
 def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """A dead worker's trial: end its MLflow run KILLED, then let Optuna re-queue the trial."""
+    """A dead worker's trial: end its MLflow run (and a k-fold trial's fold run in progress) KILLED, then let
+    Optuna re-queue the trial."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
+        tracking.end_stale_runs(tracking.direct_children(run_id), "worker died (heartbeat lost)")
         tracking.end_run_by_id(run_id, "KILLED", "worker died (heartbeat lost); the trial was retried")
-        tracking.get_client().set_tag(run_id, "trial_state", "FAIL")
-    fold_run = trial.user_attrs.get("mlflow_fold_run_id")  # a k-fold trial's nested run in progress
-    if fold_run:
-        tracking.end_run_by_id(fold_run, "KILLED", "worker died (heartbeat lost)")
+        tracking.set_run_tags(run_id, {"trial_state": "FAIL"})
     RetryHeartbeatStaleTrialCallback(max_retry=3)(study, trial)
 
 
@@ -128,6 +135,44 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return chosen
 
 
+class StudyFailing(RuntimeError):
+    """The study cannot make progress: its trials keep failing, or a worker process failed."""
+
+
+class TrialFailed(Exception):
+    """A trial's training failed (recorded FAIL in Optuna, its run FAILED)."""
+
+
+def check_trial_config(space: SearchSpace, extra: dict[str, Any]) -> dict[str, Any]:
+    """Resolve what every trial shares (base variant, fixed settings, epochs, ``--set``) and check its data
+    source; raises ConfigError (a typo such as ``model.kernal``) or DataError (a missing path) before any
+    trial or run is recorded. Returns the resolved config."""
+    cfg = resolve_config(space.base, {**space.fixed, "train.epochs": space.epochs, **extra})
+    resolve_source(cfg["data"]["source"])
+    return cfg
+
+
+class StopWhenFailing:
+    """Optuna callback: stop this worker after ``limit`` FAIL trials in a row, keeping the last error."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES):
+        self.limit, self.count, self.last_error = limit, 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.count = 0
+            return
+        self.count += 1
+        self.last_error = trial.user_attrs.get("error", "no error recorded")
+        if self.count >= self.limit:
+            study.stop()
+
+    def check(self) -> None:
+        """Raise StudyFailing when the worker stopped because of failures."""
+        if self.count >= self.limit:
+            raise StudyFailing(f"{self.count} trials in a row failed; the last: {self.last_error}")
+
+
 class RecordRunId(keras.callbacks.Callback):
     """Stores the active MLflow run id in a trial attribute when training starts (for dead-worker cleanup)."""
 
@@ -169,90 +214,89 @@ class TrialReporter(RecordRunId):
 
 @dataclass
 class Objective:
-    """``objective(trial)``: a config from the base variant plus suggestions, trained as a child run."""
+    """``objective(trial)``: a config from the base variant plus suggestions, trained as a child run of
+    ``ctx.parent_run_id`` (the study's parent)."""
 
     space: SearchSpace
     study_name: str
-    parent_run_id: str
-    experiment_id: str
+    ctx: tracking.RunContext
     extra: dict[str, Any]
 
     def __call__(self, trial: optuna.Trial) -> float:
         keras.utils.clear_session()  # each trial starts from a clean Keras session
         overrides = {**suggest(trial, self.space), "train.epochs": self.space.epochs, **self.extra}
         trial.set_user_attr("overrides", {k: v for k, v in overrides.items()})
-        cfg = resolve_config(self.space.base, overrides)
-        cfg["variant"] = f"{self.study_name}-trial{trial.number}"
         tags = tracking.child_tags(KIND, self.study_name, {"trial_number": trial.number})
-        if self.space.folds:
-            return self._cross_validate(trial, cfg, tags)
-        reporter = TrialReporter(trial, self.space.metric, self.space.prune_on,
-                                 self.space.direction == "maximize")
         try:
-            run_id, _ = train_and_track(cfg, run_name=f"trial {trial.number}", tags=tags,
-                                        parent_run_id=self.parent_run_id, experiment_id=self.experiment_id,
+            cfg = resolve_config(self.space.base, overrides)
+            cfg["variant"] = f"{self.study_name}-trial{trial.number}"
+            if self.space.folds:
+                return self._cross_validate(trial, cfg, tags)
+            return self._train(trial, cfg, tags)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            raise  # Optuna records the trial FAIL; optimize(catch=...) lets the study go on
+
+    def _train(self, trial: optuna.Trial, cfg: dict[str, Any], tags: dict[str, str]) -> float:
+        reporter = TrialReporter(trial, self.space.metric, self.space.prune_on, self.space.direction == "maximize")
+        try:
+            run_id, _ = train_and_track(cfg, run_name=f"trial {trial.number}", tags=tags, ctx=self.ctx,
                                         extra_callbacks=[reporter])
         except BaseException:
             # The run may have failed before training began (a model that cannot be built): find it by tag.
-            for run in tracking.child_runs(self.experiment_id, KIND, self.study_name):
+            for run in tracking.child_runs(self.ctx.experiment_id, KIND, self.study_name):
                 if run.data.tags.get("trial_number") == str(trial.number):
-                    tracking.get_client().set_tag(run.info.run_id, "trial_state", "FAIL")
-            raise  # Optuna records the trial FAIL; optimize(catch=...) lets the study go on
-        client = tracking.get_client()
+                    tracking.set_run_tags(run.info.run_id, {"trial_state": "FAIL"})
+            raise
         if reporter.pruned:
-            client.set_tag(run_id, "trial_state", "PRUNED")
+            tracking.set_run_tags(run_id, {"trial_state": "PRUNED"})
             raise optuna.TrialPruned(f"pruned after {len(reporter.values)} epochs")
-        client.set_tag(run_id, "trial_state", "COMPLETE")
+        tracking.set_run_tags(run_id, {"trial_state": "COMPLETE"})
         pick = max if self.space.direction == "maximize" else min
         return pick(reporter.values)
 
     def _cross_validate(self, trial: optuna.Trial, cfg: dict[str, Any], tags: dict[str, str]) -> float:
-        """Mean of the metric over k folds: the trial's run is a parent, each fold a nested run; each fold's
-        score is reported at step = fold index so Optuna's Wilcoxon pruner can compare trials fold by fold."""
+        """Mean of the metric over k folds through the cross-validation engine: the trial's run is a parent,
+        each fold a nested run; each fold's score is reported at step = fold index so Optuna's Wilcoxon
+        pruner can compare trials fold by fold."""
         spec = self.space.folds
         dataset = _load_once(cfg["data"])
         pool = training_pool(dataset, spec["include_validation"])
         assignment = make_folds(pool.y, spec["k"], spec["seed"], dataset.digest, spec["include_validation"])
-        client = tracking.get_client()
-        trial_run = client.create_run(self.experiment_id, run_name=f"trial {trial.number}", tags={
-            **tags, "mlflow.parentRunId": self.parent_run_id, "kfold_k": str(assignment.k),
-            "kfold_folds": assignment.digest}).info.run_id
-        trial.set_user_attr("mlflow_run_id", trial_run)
-        tracking.log_config_to(trial_run, cfg)
-        fold_tags = {**tags, "fer_ablate_kind": f"{KIND}-fold", "kfold_folds": assignment.digest}
+        metric = self.space.metric
         scores: list[float] = []
         # Optuna's advice for the Wilcoxon pruner: shuffle the order so early folds do not decide every trial.
         order = np.random.default_rng(trial.number).permutation(assignment.k).tolist()
-        try:
-            for fold in order:
-                keras.utils.clear_session()
-                _, metrics = train_and_track(cfg, run_name=f"trial {trial.number} · fold {fold + 1}/{assignment.k}",
-                                             tags={**fold_tags, "fold": str(fold)}, parent_run_id=trial_run,
-                                             experiment_id=self.experiment_id,
-                                             dataset=fold_dataset(dataset, pool, assignment, fold),
-                                             extra_callbacks=[RecordRunId(trial, "mlflow_fold_run_id")])
-                scores.append(float(metrics[self.space.metric]))
-                client.log_metric(trial_run, f"fold{fold}_{self.space.metric}", scores[-1])
+        with tracking.nested_run(self.ctx, f"trial {trial.number}", {
+                **tags, "kfold_k": str(assignment.k), "kfold_folds": assignment.digest},
+                finished_on=(optuna.TrialPruned,)) as run:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            tracking.log_config_to(run.run_id, cfg)
+
+            def on_fold(fold: int, outcome: ChildOutcome) -> None:
+                if not outcome.ok:
+                    raise TrialFailed(f"fold {fold}: {outcome.detail}")
+                scores.append(float(outcome.metrics[metric]))
+                tracking.log_parent_summary(run.run_id, {f"fold{fold}_{metric}": scores[-1]})
                 trial.report(scores[-1], step=fold)
                 if trial.should_prune():
-                    client.set_tag(trial_run, "trial_state", "PRUNED")
-                    tracking.end_run_by_id(trial_run, "FINISHED")
                     raise optuna.TrialPruned(f"pruned after {len(scores)} of {assignment.k} folds")
-        except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:
-            client.set_tag(trial_run, "trial_state", "FAIL")
-            tracking.end_run_by_id(trial_run, "KILLED", "interrupted")
-            raise
-        except BaseException as exc:
-            client.set_tag(trial_run, "trial_state", "FAIL")
-            tracking.end_run_by_id(trial_run, "FAILED", f"{type(exc).__name__}: {exc}")
-            raise
-        mean = float(np.mean(scores))
-        client.log_metric(trial_run, self.space.metric, mean)
-        client.log_metric(trial_run, f"{self.space.metric}_std", float(np.std(scores, ddof=1)))
-        client.set_tag(trial_run, "trial_state", "COMPLETE")
-        tracking.end_run_by_id(trial_run, "FINISHED")
+
+            fold_spec = FoldSpec(cfg, f"trial {trial.number}", {**tags, "fer_ablate_kind": f"{KIND}-fold"},
+                                 assignment)
+            try:
+                cross_validate(fold_spec, order, self.ctx.under(run.run_id), 1, dataset, on_fold)
+            except optuna.TrialPruned:
+                tracking.set_run_tags(run.run_id, {"trial_state": "PRUNED"})
+                raise
+            except BaseException:
+                tracking.set_run_tags(run.run_id, {"trial_state": "FAIL"})
+                raise
+            mean = float(np.mean(scores))
+            tracking.log_parent_summary(run.run_id, {metric: mean, f"{metric}_std": float(np.std(scores, ddof=1))})
+            tracking.set_run_tags(run.run_id, {"trial_state": "COMPLETE"})
         return mean
 
 
@@ -276,20 +320,36 @@ def _safe_url(url: str) -> str:
     return url
 
 
-def _optimize(space_name: str, study_name: str, storage_url: str, n_trials: int | None, timeout: float | None,
-              parent: str, experiment_id: str, extra: dict[str, Any], tracking_uri: str | None) -> None:
-    """One worker: optimise until the study has ``n_trials`` finished trials (all workers together)."""
-    space = load_space(space_name)
-    tracking.use_store(tracking_uri)
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url),
+@dataclass(frozen=True)
+class StudyTask:
+    """What one optimisation worker needs (picklable: it travels to spawned worker processes)."""
+
+    space_name: str
+    study_name: str
+    storage_url: str
+    n_trials: int | None
+    timeout: float | None
+    extra: dict[str, Any]
+
+
+def _optimize(task: StudyTask, ctx: tracking.RunContext) -> None:
+    """One worker: optimise until the study has ``n_trials`` finished trials (all workers together).
+
+    Raises StudyFailing after MAX_CONSECUTIVE_FAILURES failed trials in a row.
+    """
+    space = load_space(task.space_name)
+    study = optuna.load_study(study_name=task.study_name, storage=open_storage(task.storage_url),
                               sampler=make_sampler(space.sampler, space), pruner=make_pruner(space.pruner))
-    callbacks = [_progress]
-    if n_trials:
-        callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    objective = Objective(space, study_name, parent, experiment_id, extra)
-    # catch=Exception: a trial whose training raises is recorded FAIL and the study goes on.
-    study.optimize(objective, n_trials=None, timeout=timeout, callbacks=callbacks,
+    failing = StopWhenFailing()
+    callbacks = [_progress, failing]
+    if task.n_trials:
+        callbacks.append(optuna.study.MaxTrialsCallback(task.n_trials,
+                                                        states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    objective = Objective(space, task.study_name, ctx, task.extra)
+    # catch=Exception: a trial whose training raises is recorded FAIL and the study goes on (up to a limit).
+    study.optimize(objective, n_trials=None, timeout=task.timeout, callbacks=callbacks,
                    catch=(Exception,), gc_after_trial=True)
+    failing.check()
 
 
 def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -302,19 +362,18 @@ def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
              f" {trial.value:.4f}" if trial.value is not None else "", done, best)
 
 
-def _worker_entry(*args: Any) -> None:
-    from fer_ablate.logs import configure_logging
-
-    configure_logging()
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    _optimize(*args)
-
-
 def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None = None, storage: str | None = None,
               study_name: str | None = None, workers: int = 1, extra: dict[str, Any] | None = None,
               tracking_uri: str | None = None) -> dict[str, Any]:
-    """Create or resume a study and optimise it in ``workers`` processes; then report it to the parent."""
+    """Create or resume a study and optimise it in ``workers`` processes; then report it to the parent.
+
+    Checked before anything is recorded: the search space, every trial's shared config and data source
+    (ConfigError, DataError) and the storage (StorageError). The parent run ends FINISHED, FAILED (raising
+    StudyFailing) when trials kept failing or a worker process failed, KILLED on Ctrl-C or SIGTERM.
+    """
     space = load_space(space_name)
+    extra = extra or {}
+    check_trial_config(space, extra)
     study_name = study_name or space.name
     if workers > 1 and storage is None:
         storage = f"journal:{project_root() / 'optuna-journal.log'}"  # SQLite is for one process only
@@ -324,27 +383,18 @@ def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None 
     store = open_storage(storage_url)  # fails here, before any training, when unusable
     optuna.create_study(study_name=study_name, storage=store, direction=space.direction, load_if_exists=True,
                         sampler=make_sampler(space.sampler, space), pruner=make_pruner(space.pruner))
-    experiment_id = tracking.configure(EXPERIMENT, tracking_uri)
-    parent = tracking.open_parent(experiment_id, KIND, study_name, {
-        "study_name": study_name, "storage": _safe_url(storage_url), "sampler": space.sampler["type"],
-        "pruner": space.pruner["type"], "search_space": space.name})
-    tracking.log_parent_summary(parent, {}, texts={"search_space.yaml": space.path.read_text()})
-    args = (space_name, study_name, storage_url, n_trials, timeout, parent, experiment_id, extra or {}, tracking_uri)
-    try:
-        if workers <= 1:
-            _optimize(*args)
-        else:
-            context = multiprocessing.get_context("spawn")
-            procs = [context.Process(target=_worker_entry, args=args) for _ in range(workers)]
-            for proc in procs:
-                proc.start()
-            for proc in procs:
-                proc.join()
-    except KeyboardInterrupt:
-        tracking.end_run_by_id(parent, "KILLED", "interrupted; run the same command again to resume the study")
-        raise
-    from fer_ablate.tuning.study_report import report_study
+    ctx = tracking.open_context(tracking_uri=tracking_uri)  # the store's one rule picks the MLflow experiment
+    task = StudyTask(space_name, study_name, storage_url, n_trials, timeout, extra)
+    with tracking.parent_run(ctx, KIND, study_name, {
+            "study_name": study_name, "storage": _safe_url(storage_url), "sampler": space.sampler["type"],
+            "pruner": space.pruner["type"], "search_space": space.name},
+            own_children=not storage_url.startswith(("postgresql", "mysql"))) as parent:
+        ctx = ctx.under(parent.run_id)
+        tracking.log_parent_summary(parent.run_id, {}, texts={"search_space.yaml": space.path.read_text()})
+        results = run_jobs(_optimize, [(task, ctx)] * workers, workers, ctx)
+        failed = [r.error for r in results if not r.ok]
+        if failed:
+            raise StudyFailing(f"{len(failed)} of {workers} worker(s) failed: {'; '.join(failed)}")
+        from fer_ablate.tuning.study_report import report_study
 
-    summary = report_study(study_name, storage_url, parent)
-    tracking.end_run_by_id(parent, "FINISHED")
-    return summary
+        return report_study(study_name, store, parent.run_id)
