@@ -109,6 +109,19 @@ def test_fractional_label_is_refused_with_file_and_line(tmp_path, parser_path, d
     assert str(err.value) == f"{path}: line 6: emotion label '3.5' is not a whole number (expected 0-6)"
 
 
+def test_pandas_index_column_and_blank_lines(tmp_path, parser_path):
+    """``df.to_csv()`` without ``index=False`` adds an unnamed first column; editors leave blank lines."""
+    pixels = _pixels()
+    lines = _plain_text(pixels).splitlines()
+    text = "," + lines[0] + "\n" + "".join(f"{i},{line}\n" + ("   \n" if i == 3 else "")
+                                            for i, line in enumerate(lines[1:]))
+    path = tmp_path / "indexed.csv"
+    path.write_text(text + "\n\n")
+    images, labels, _, skipped = parser.parse_fer_csv(path)
+    assert not skipped and labels.tolist() == [lab for lab, _ in ROWS]
+    np.testing.assert_array_equal(images, np.stack(pixels).reshape(-1, 48, 48))
+
+
 def _assert_one_short_line(message: str, limit: int = 300):
     assert "\n" not in message and "\r" not in message and len(message) < limit, message
 
@@ -449,6 +462,12 @@ def test_hidden_files_ignored_and_unused_files_counted_and_recorded(tmp_path, ca
                                                 dst_path=str(tmp_path / "dl"))
     with open(local) as f:
         assert json.load(f) == expected
+
+
+def test_split_folders_one_level_down_say_which_folder_to_pass(tmp_path):
+    _write_tree(tmp_path / "archive", {"train": CLASS_NAMES})
+    with pytest.raises(DataError, match=r"no split folders .*the split folders are in .*archive: pass that folder"):
+        load_dataset(data_cfg(tmp_path))
 
 
 def test_class_folders_without_split_folders_say_where_to_put_them(tmp_path):

@@ -85,7 +85,10 @@ def _pick_csv(path: Path, kind: str, names: list[str]) -> str:
         return csvs[0]
     where = f"{path}: a {kind} archive holding"
     if csvs:
-        raise DataError(f"{where} {len(csvs)} CSV files ({_listing(csvs)}): extract it and pass the one you mean")
+        full = [n for n in csvs if PurePosixPath(n).name in ("fer2013.csv", "icml_face_data.csv")]
+        hint = f" ({full[0]} is the whole FER2013)" if len(full) == 1 else ""
+        raise DataError(f"{where} {len(csvs)} CSV files ({_listing(csvs)}): extract it and pass the one you "
+                        f"mean{hint}")
     images = [n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
     if images:
         tops = sorted({PurePosixPath(n).parts[0] for n in images})

@@ -17,6 +17,15 @@ class DataError(ValueError):
     """Input data is malformed; the message names the file, the row or image, and the problem."""
 
 
+def show_data(value: bytes | str, limit: int = 40) -> str:
+    """Data quoted in an error message: one readable line, escaped and truncated to ``limit`` characters."""
+    text = value.decode(errors="replace") if isinstance(value, bytes | bytearray) else str(value)
+    escaped = repr(text[:limit])[1:-1]  # newlines, tabs and binary as \n, \t, \x00: never a second line
+    if len(text) <= limit and len(escaped) <= limit:
+        return f"'{escaped}'"
+    return f"'{escaped[:limit]}...' ({len(text):,} characters)"
+
+
 @dataclass
 class Dataset:
     """Faces as ``uint8 [n, 48, 48]`` and labels as ``int64 [n]`` for each split present.

@@ -29,6 +29,7 @@ import numpy as np
 
 from fer_ablate.data.archives import read_data_bytes
 from fer_ablate.data.dataset import IMAGE_SIZE, NUM_CLASSES, DataError
+from fer_ablate.data.dataset import show_data as show
 
 try:  # the optional C fast path (see _fastcsv.c)
     from fer_ablate.data import _fastcsv
@@ -55,15 +56,6 @@ def read_bytes(path: Path) -> bytes | mmap.mmap:
     if len(raw) <= 1 << 16 and not raw[:].strip():
         raise DataError(f"{path}: file is empty")
     return raw
-
-
-def show(value: bytes | str, limit: int = 40) -> str:
-    """Data quoted in an error message: one readable line, escaped and truncated to ``limit`` characters."""
-    text = value.decode(errors="replace") if isinstance(value, bytes | bytearray) else str(value)
-    escaped = repr(text[:limit])[1:-1]  # newlines, tabs and binary as \n, \t, \x00: never a second line
-    if len(text) <= limit and len(escaped) <= limit:
-        return f"'{escaped}'"
-    return f"'{escaped[:limit]}...' ({len(text):,} characters)"
 
 
 def _column_order(header: bytes, path: Path) -> dict[str, int | str]:
@@ -145,16 +137,17 @@ def _fast_chunk(buf: np.ndarray, cols: dict) -> tuple[np.ndarray, np.ndarray, np
     raw = buf.tobytes()
     labels = np.empty(n_lines, np.int64)
     usage = np.empty(n_lines, np.int8)
+    label_runs = np.ones(n_lines, np.int64)  # digit runs in the label field: 1, or 2 for "3.0"
     e_col, u_col = cols["emotion"], cols["Usage"]
     for i, row in enumerate(bounds.tolist()):
         code = _USAGE_CODE.get(raw[row[u_col] + 1:row[u_col + 1]].strip())
-        try:
-            label = label_value(raw[row[e_col] + 1:row[e_col + 1]].strip())
-        except ValueError:
-            return None
-        if code is None:
+        emotion = raw[row[e_col] + 1:row[e_col + 1]].strip()
+        label = _LABELS.get(emotion)
+        if code is None or label is None:
             return None
         labels[i], usage[i] = label, code
+        if len(emotion) > 1:
+            label_runs[i] = 2
     # Only the pixel fields may hold bytes other than digits, spaces and the field structure.
     p_col = cols["pixels"]
     px_lo, px_hi = bounds[:, p_col] + 1, bounds[:, p_col + 1]
@@ -165,10 +158,12 @@ def _fast_chunk(buf: np.ndarray, cols: dict) -> tuple[np.ndarray, np.ndarray, np
     if np.any(np.searchsorted(pixel_spans, odd, side="right") % 2 == 1):
         return None
     ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:])
-    # Keep the digit runs inside pixel fields (labels such as "3.0" hold digits too).
-    span = np.searchsorted(pixel_spans, ends, side="right")
-    ends = ends[span % 2 == 1]
-    if np.any(np.bincount(span[span % 2 == 1] // 2, minlength=n_lines) != PIXELS):
+    per_line = np.diff(np.searchsorted(ends, np.concatenate(([0], newlines))))
+    if np.any(per_line != PIXELS + label_runs):
+        return None
+    # Keep the digit runs inside pixel fields: the label's are the only others.
+    ends = ends[(ends >= np.repeat(px_lo, per_line)) & (ends < np.repeat(px_hi, per_line))]
+    if ends.size != n_lines * PIXELS:
         return None
     # Digits of each token, right to left; a token longer than 3 digits cannot be a pixel.
     one = is_digit[ends - 1]
@@ -190,7 +185,7 @@ def _slow_chunk(raw: bytes, first_line: int, cols: dict, path: Path, skip_bad_ro
     """Line-by-line parse of a chunk: names the first bad line, or skips and counts bad lines."""
     images, labels, usage = [], [], []
     for offset, line in enumerate(raw.split(b"\n")):
-        if not line.strip(b"\r"):
+        if not line.strip():  # blank or whitespace-only lines carry no row
             continue
         try:
             label, code, px = parse_line(line, cols)

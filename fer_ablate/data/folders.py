@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_ablate.data.dataset import CLASS_NAMES, DataError, stratified_split
+from fer_ablate.data.dataset import CLASS_NAMES, DataError, show_data, stratified_split
 from fer_ablate.data.images import IMAGE_SUFFIXES, fit_face, read_grey
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,17 @@ def _find_split_dirs(root: Path, skipped: Counter) -> dict[str, Path]:
         if split is None:
             unknown.append(entry.name)
         elif split in found:
-            raise DataError(f"{root}: both '{found[split].name}' and '{entry.name}' are the {split} split: "
-                            f"keep one")
+            raise DataError(f"{root}: both {show_data(found[split].name)} and {show_data(entry.name)} are the "
+                            f"{split} split: keep one")
         else:
             found[split] = entry
     if unknown and not found and all(n.lower() in CLASS_NAMES for n in unknown):
         raise DataError(f"{root}: class folders without split folders: move them into {root}/train/ "
                         f"(or {root}/test/ to evaluate a model)")
     for name in unknown:
-        log.warning("data: %s: folder '%s' is not a split name (expected train/, val/ or validation/, test/): "
-                    "not loaded", root, name)
-        skipped[f"folder not a split name ({name[:40]})"] += 1
+        log.warning("data: %s: folder %s is not a split name (expected train/, val/ or validation/, test/): "
+                    "not loaded", root, show_data(name))
+        skipped[f"folder not a split name ({show_data(name)[1:-1]})"] += 1
     return found
 
 
@@ -83,7 +83,8 @@ def _read_split(folder: Path, skip_bad: bool, skipped: Counter) -> tuple[np.ndar
             continue
         name = class_dir.name.lower()
         if name not in CLASS_NAMES:
-            raise DataError(f"{class_dir}: unknown class folder '{class_dir.name}'; expected {CLASS_NAMES}")
+            raise DataError(f"{folder}: unknown class folder {show_data(class_dir.name)}; expected "
+                            f"{', '.join(CLASS_NAMES)}")
         for path in sorted(class_dir.iterdir()):
             if is_hidden(path):
                 continue
@@ -122,7 +123,10 @@ def load_image_folders(
     dirs = _find_split_dirs(root, skipped)
     if not dirs:
         csvs = sorted(p.name for p in root.glob("*.csv*"))
-        hint = f"; to read the CSV pass {root / csvs[0]}" if len(csvs) == 1 else ""
+        wrapped = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p)
+                         and any(split_of(q.name) for q in p.iterdir() if q.is_dir()))
+        hint = (f"; to read the CSV pass {root / csvs[0]}" if len(csvs) == 1 else
+                f"; the split folders are in {wrapped[0]}: pass that folder" if len(wrapped) == 1 else "")
         raise DataError(f"{root}: no split folders (expected <root>/train/<class>/*.jpg, optional val/ and "
                         f"test/){hint}")
     splits = {split: _read_split(folder, skip_bad, skipped) for split, folder in dirs.items()}
