@@ -6,6 +6,7 @@ MLflow; the tuning module one that reports to Optuna).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from fer_ablate.data import NUM_CLASSES, Dataset
 from fer_ablate.models import MirrorAverage, build_from_config
 from fer_ablate.models.augmentation import RandomAffine
+from fer_ablate.training.hardware import choose_device_count, resolve_precision
 from fer_ablate.training.metrics import evaluate_probabilities
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class TrainResult:
     epochs_run: int = 0
     train_seconds: float = 0.0
     images_per_second: float = 0.0
+    precision: str = "float32"  # the dtype policy actually used (``train.precision: auto`` resolved)
+    devices: int = 1  # data-parallel replicas
 
 
 def build_augmenter(aug_cfg: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
@@ -84,7 +88,7 @@ def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
     size = cfg["model"]["input_size"]
     # Layers take the dtype policy in force when they are built: set it for this model only.
     previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(cfg["train"]["precision"])
+    keras.mixed_precision.set_dtype_policy(resolve_precision(cfg["train"]["precision"])[0])
     try:
         cnn = build_from_config(cfg["model"])
         if cfg["model"]["test_time_flip"]:
@@ -225,13 +229,68 @@ def _as_input(x: np.ndarray) -> np.ndarray:
 
 def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None = None
           ) -> TrainResult:
-    """Train the configured model on ``dataset`` and evaluate the best epoch on every split."""
+    """Train the configured model on ``dataset`` and evaluate the best epoch on every split.
+
+    ``train.precision: auto`` resolves for this machine (``TrainResult.precision``); ``train.devices`` above
+    one trains data-parallel through Keras' ``DataParallel`` (JAX backend only; ConfigError otherwise).
+    """
+    devices = data_parallel_devices(cfg["train"].get("devices", "auto"))
+    distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
+    # Variables made inside the scope are replicated and each batch is split across the devices.
+    replicas = max(len(devices), 1)
+    if cfg["train"]["batch_size"] % replicas:
+        from fer_ablate.config.settings import ConfigError
+
+        raise ConfigError(f"train.batch_size {cfg['train']['batch_size']} must be a multiple of the "
+                          f"{replicas} data-parallel devices (train.devices)")
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        result = _train(cfg, dataset, callbacks, replicas)
+    result.precision, result.devices = resolve_precision(cfg["train"]["precision"])[0], max(len(devices), 1)
+    return result
+
+
+def data_parallel_devices(request: str | int) -> list[str]:
+    """Keras device names (``["cpu:0", "cpu:1"]``) for ``train.devices``; ``[]`` means no distribution.
+
+    Raises ConfigError for a bad request or more than one device outside the JAX backend.
+    """
+    from fer_ablate.config.settings import ConfigError
+
+    backend = keras.backend.backend()
+    if str(request).strip().lower() == "auto" and backend != "jax":
+        return []  # no device probing: TensorFlow on its own uses every core of one CPU device
+    visible = keras.distribution.list_devices() if backend == "jax" else ["cpu:0"]
+    accelerators = sum(not d.startswith("cpu") for d in visible)
+    try:
+        count = choose_device_count(request, backend, len(visible), accelerators)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return visible[:count] if count > 1 else []
+
+
+def _whole_batches(n: int, replicas: int) -> slice:
+    """The first ``n`` rounded down to a multiple of ``replicas``: JAX shards each batch evenly over devices."""
+    return slice(0, n - n % replicas)
+
+
+def _predict(model: keras.Model, x: np.ndarray, replicas: int) -> np.ndarray:
+    """Probabilities for every row of ``x``; padded to whole per-device shards, the padding dropped again."""
+    pad = -len(x) % replicas
+    padded = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+    return model.predict(_as_input(padded), batch_size=256 - 256 % replicas, verbose=0)[:len(x)]
+
+
+def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None,
+           replicas: int = 1) -> TrainResult:
     t = cfg["train"]
     keras.utils.set_random_seed(t["seed"])
     inference, training, param_count = build_models(cfg)
     compile_for_training(training, t, len(dataset.splits["train"][1]))
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]
+    if replicas > 1:  # fewer than `replicas` images left out per epoch; final metrics use every image
+        keep, keep_val = _whole_batches(len(y_train), replicas), _whole_batches(len(y_val), replicas)
+        (x_train, y_train), (x_val, y_val) = (x_train[keep], y_train[keep]), (x_val[keep_val], y_val[keep_val])
     best = BestWeights(training, restore=t["restore_best"])
     clock = EpochClock(t["epochs"], 60 * t["time_budget_minutes"])
     keras_callbacks: list[keras.callbacks.Callback] = [clock, best]
@@ -267,7 +326,7 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
         log.info("train.restore_best is false: evaluating the last epoch's weights (best was epoch %d)",
                  best.best_epoch)
     for split, (x, y) in dataset.splits.items():
-        probs = inference.predict(_as_input(x), batch_size=256, verbose=0)
+        probs = _predict(inference, x, replicas)
         result.predictions[split] = (y, probs)
         for name, value in evaluate_probabilities(y, probs).items():
             result.metrics[f"{_prefix(split)}_{name}"] = value
