@@ -189,6 +189,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if all(not str(r["message"]).startswith("error") for r in records) else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine is and what training will use: backend, devices, precision, tracking store, data."""
+    from fer_ablate.data import DataError
+    from fer_ablate.data.loading import resolve_source
+    from fer_ablate.paths import default_tracking_uri
+    from fer_ablate.tracking import TrackingError, check_reachable
+    from fer_ablate.training.hardware import current_machine, format_machine
+
+    print(format_machine(current_machine()))
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        check_reachable(uri)
+        print(f"tracking:  {uri} (reachable)")
+    except TrackingError as exc:
+        print(f"tracking:  {uri} (NOT reachable: {exc})")
+    try:
+        source = resolve_source("auto")
+        print(f"data:      data=auto -> {source}" + (" (no FER2013 found: built-in synthetic faces; put "
+                                                         "fer2013.csv[.gz] in data/ or set $FER_DATA)"
+                                                         if source == "synthetic" else ""))
+    except DataError as exc:
+        print(f"data:      data=auto -> error: {exc}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered model builders."""
     from fer_ablate.models import list_models
@@ -307,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--equalize", action="store_true", help="histogram-equalise each face crop")
     predict.add_argument("--tracking-uri", default=None)
     predict.set_defaults(func=cmd_predict)
+
+    doctor = sub.add_parser("doctor", help="this machine: backend, devices, precision auto picks, tracking, data")
+    doctor.add_argument("--tracking-uri", default=None)
+    doctor.set_defaults(func=cmd_doctor)
 
     models = sub.add_parser("models", help="list registered model builders")
     models.add_argument("pattern", nargs="?", default="*")
