@@ -25,7 +25,7 @@ from fer_ablate.config.settings import resolve_config
 from fer_ablate.inference.faces import Box, FaceDetector, ImageError, crop_box, crop_face, decode_image
 from fer_ablate.inference.predict import predict_paths
 from fer_ablate.runs.single import train_and_track
-from fer_ablate.tracking.core import TrackingError
+from fer_ablate.tracking import TrackingError
 from fer_ablate.tracking.model_registry import DEFAULT_MODEL_URI, load_classifier, promote
 
 ASTRONAUT_FACE = Box(177, 66, 95, 95)  # where Haar finds Eileen Collins' face in skimage's astronaut (512x512)
@@ -176,8 +176,8 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
         by_file.setdefault(Path(r["file"]).stem, []).append(r)
     assert [r["face"] for r in by_file["scene"]] == [0, 1]
     assert all(len(r["probabilities"]) == 7 and r["label"] in r["probabilities"] for r in by_file["scene"])
-    assert by_file["coffee"] == [{"file": str(photos["empty"]), "face": None, "box": None, "label": None,
-                                  "message": "no face found"}]
+    assert by_file["coffee"] == [{"file": str(photos["empty"]), "output": "annotated/coffee.jpg", "face": None,
+                                  "box": None, "label": None, "message": "no face found"}]
     assert by_file["corrupt"][0]["message"].startswith("error: ") and "not a readable image" in \
         by_file["corrupt"][0]["message"]
     assert (out / "annotated" / "scene.jpg").stat().st_size > 10_000
@@ -201,9 +201,13 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
                 if server.poll() is not None or time.time() > deadline:
                     raise AssertionError(f"server did not start: {server.stderr.read().decode()[-3000:]}") from None
                 time.sleep(1)
-        status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["scene"])}]}).encode())
+        # A browser's data URL, wrapped at 76 columns like MIME base64: the same image, the same answer.
+        data_url = "data:image/png;base64," + base64.encodebytes(photos["scene"].read_bytes()).decode()
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["scene"])},
+                                                                     {"image": data_url}]}).encode())
         assert status == 200
-        served = body["predictions"]
+        served = [row for row in body["predictions"] if row["row"] == 0]
+        assert [row["label"] for row in body["predictions"] if row["row"] == 1] == [row["label"] for row in served]
         assert [row["label"] for row in served] == [r["label"] for r in by_file["scene"]]
         assert [[row[k] for k in "xywh"] for row in served] == [r["box"] for r in by_file["scene"]]
         for row, rec in zip(served, by_file["scene"], strict=True):
@@ -252,4 +256,5 @@ def test_video_frames_and_timeline(trained_run, photos, tmp_path):
     assert [r["frame"] for r in records] == list(range(0, 20, 2))
     assert all(r["face"] == 0 for r in records[:5]) and all(r["face"] is None for r in records[5:])
     assert records[1]["time_s"] == pytest.approx(0.2)
-    assert (tmp_path / "out" / "clip_timeline.png").stat().st_size > 5_000
+    assert all(r["output"] == "timelines/clip_timeline.png" for r in records)
+    assert (tmp_path / "out" / "timelines" / "clip_timeline.png").stat().st_size > 5_000

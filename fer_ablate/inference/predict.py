@@ -1,9 +1,13 @@
 """``fer-ablate predict``: photos, folders and videos in; per-face labels, annotated images and timelines out.
 
-Records (JSON lines or CSV): one per face with file, frame (videos), box, label and the 7 probabilities;
-a photo without a face gives one record with ``message: no face found``; an unreadable file gives one
-with its error, and the run goes on. Annotated copies (box, label, top-3) and, per video, a PNG timeline
-of the emotions over time go next to the records.
+Records (JSON lines or CSV): one per face with file, frame (videos), box, label, the 7 probabilities and
+``output`` (the annotated image or timeline it belongs to, relative to ``--out``); a photo without a face
+gives one record with ``message: no face found``; an unreadable or missing file gives one with its error,
+and the run goes on. Records are written and flushed as they are produced, so an interrupted run keeps
+every record finished before the interrupt. Annotated copies (box, label, top-3) go to ``annotated/``
+and, per video, a PNG timeline of the emotions over time to ``timelines/``, each under its path relative
+to the inputs' common folder, so ``2023/IMG_0001.jpg`` and ``2024/IMG_0001.jpg`` never overwrite each
+other; two inputs that differ only by extension (``clip.mp4``, ``clip.avi``) get the extension added.
 """
 
 from __future__ import annotations
@@ -11,42 +15,90 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from fer_ablate.data import CLASS_NAMES
+from fer_ablate.data.images import IMAGE_SUFFIXES
 from fer_ablate.inference.faces import ImageError, read_image
 from fer_ablate.inference.pyfunc_model import FaceClassifier, FacePrediction
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+CSV_COLUMNS = ["file", "frame", "time_s", "face", "x", "y", "w", "h", "label", "score",
+               *[f"p_{c}" for c in CLASS_NAMES], "output", "message"]
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    # macOS "._x.jpg" resource forks and ".ipynb_checkpoints" copies look like media but are not inputs.
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
-    """Files as given, folders as their images and videos (sorted, recursive); a missing path is an error."""
+    """Files as given, folders as their images and videos (sorted, recursive, hidden names skipped).
+
+    A path that does not exist, or a folder without images or videos, is kept as it is: ``predict_paths``
+    turns it into an error record and goes on.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-        elif path.exists():
-            found.append(path)
+            media = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+                           and p.is_file() and not _hidden(p, path))
+            found += media or [path]  # an empty folder is reported as an error record, not skipped
         else:
-            raise ImageError(f"{path}: no such file or folder")
+            found.append(path)
     return found
 
 
-def _record(source: Path, face: FacePrediction | None, index: int | None, **extra: Any) -> dict[str, Any]:
+class OutputNames:
+    """Unique output paths: each input's path relative to the inputs' common folder, made unique.
+
+    ``2023/a.jpg`` and ``2024/a.jpg`` keep their folders; ``a.jpg`` and ``a.png`` (the same name once the
+    output suffix replaces theirs) become ``a.jpg`` and ``a_png.jpg``; any further clash gets ``_2``, ``_3``.
+    Names are compared case-insensitively, as macOS and Windows file systems do.
+    """
+
+    def __init__(self, files: list[Path]):
+        folders = [os.path.abspath(p.parent) for p in files]
+        try:
+            self.root = Path(os.path.commonpath(folders)) if folders else Path.cwd()
+        except ValueError:  # different drives (Windows): no common folder, file names only
+            self.root = None
+        self.taken: set[str] = set()
+
+    def claim(self, source: Path, folder: str, ending: str) -> str:
+        """A new path ``folder/<relative path><ending>`` (relative to the output folder) for ``source``."""
+        absolute = Path(os.path.abspath(source))
+        relative = absolute.relative_to(self.root) if self.root else Path(absolute.name)
+        stem = Path(folder) / relative.parent / relative.stem
+        candidates = [f"{stem}{ending}", f"{stem}_{relative.suffix.lstrip('.').lower()}{ending}"]
+        candidates += [f"{stem}_{relative.suffix.lstrip('.').lower()}_{n}{ending}" for n in range(2, 10_000)]
+        for name in candidates:
+            if name.lower() not in self.taken:
+                self.taken.add(name.lower())
+                return Path(name).as_posix()
+        raise ImageError(f"{source}: no free output name")  # 10,000 clashes: not a real input
+
+
+def _record(source: Path, face: FacePrediction | None, index: int | None, output: str | None = None,
+            **extra: Any) -> dict[str, Any]:
     message = extra.pop("message", "no face found")
-    base = {"file": str(source), **extra}
+    base = {"file": str(source), **extra, "output": output}
     if face is None:
         return {**base, "face": None, "box": None, "label": None, "message": message}
     return {**base, "face": index, **face.as_dict(), "message": ""}
+
+
+def _error(source: Path, exc: Exception, output: str | None = None) -> dict[str, Any]:
+    log.error("%s", exc)
+    return _record(source, None, None, output, message=f"error: {exc}")
 
 
 def annotate(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:
@@ -70,23 +122,25 @@ def annotate(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:
     return out
 
 
-def _predict_image(classifier: FaceClassifier, path: Path, crops: bool, out_dir: Path | None) -> list[dict]:
+def _predict_image(classifier: FaceClassifier, path: Path, crops: bool, out_dir: Path | None,
+                   output: str | None) -> Iterator[dict]:
     import cv2
 
     try:
         grey = read_image(path)
     except ImageError as exc:
-        log.error("%s", exc)
-        return [_record(path, None, None, message=f"error: {exc}")]
+        yield _error(path, exc)
+        return
     faces = classifier.analyse(grey, crops_mode=crops)
-    if out_dir is not None and not crops:
+    if out_dir is not None and output is not None:
         colour = cv2.imread(str(path), cv2.IMREAD_COLOR)
         colour = colour if colour is not None else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-        (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(out_dir / "annotated" / f"{path.stem}.jpg"), annotate(colour, faces))
+        (out_dir / output).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out_dir / output), annotate(colour, faces))
     if not faces:
-        return [_record(path, None, None)]
-    return [_record(path, f, i) for i, f in enumerate(faces)]
+        yield _record(path, None, None, output)
+    for i, face in enumerate(faces):
+        yield _record(path, face, i, output)
 
 
 def video_frames(path: Path, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -114,30 +168,31 @@ def video_frames(path: Path, every: int) -> Iterator[tuple[int, float, np.ndarra
         raise ImageError(f"{path}: no frames could be decoded")
 
 
-def _predict_video(classifier: FaceClassifier, path: Path, every: int, out_dir: Path | None) -> list[dict]:
+def _predict_video(classifier: FaceClassifier, path: Path, every: int, out_dir: Path | None,
+                   output: str | None) -> Iterator[dict]:
     import cv2
 
-    records: list[dict] = []
     timeline: list[tuple[float, np.ndarray | None]] = []
     start = time.perf_counter()
     try:
         for n, (index, seconds, frame) in enumerate(video_frames(path, every), 1):
             faces = classifier.analyse(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
             extra = {"frame": index, "time_s": round(seconds, 3)}
-            records += [_record(path, f, i, **extra) for i, f in enumerate(faces)] or [_record(path, None, None,
-                                                                                              **extra)]
+            if not faces:
+                yield _record(path, None, None, output, **extra)
+            for i, face in enumerate(faces):
+                yield _record(path, face, i, output, **extra)
             largest = max(faces, key=lambda f: f.box.w * f.box.h) if faces else None
             timeline.append((seconds, largest.probabilities if largest else None))
             if n % 50 == 0:
                 log.info("%s: %d frames sampled (%.1f s of video) in %.1f s", path.name, n, seconds,
                          time.perf_counter() - start)
     except ImageError as exc:
-        log.error("%s", exc)
-        return records + [_record(path, None, None, message=f"error: {exc}")]
-    if out_dir is not None and timeline:
+        yield _error(path, exc, output if timeline else None)
+    if out_dir is not None and output is not None and timeline:
+        (out_dir / output).parent.mkdir(parents=True, exist_ok=True)
         plot_timeline(timeline, f"{path.name}: emotions over time (largest face, every {every} frames)",
-                      out_dir / f"{path.stem}_timeline.png")
-    return records
+                      out_dir / output)
 
 
 def plot_timeline(points: list[tuple[float, np.ndarray | None]], title: str, path: Path) -> Path:
@@ -160,44 +215,94 @@ def plot_timeline(points: list[tuple[float, np.ndarray | None]], title: str, pat
 
 
 def predict_paths(classifier: FaceClassifier, paths: list[str], out_dir: str | Path | None = None, every: int = 5,
-                  crops: bool = False, fmt: str = "jsonl") -> list[dict[str, Any]]:
-    """Predict every image and video under ``paths``; write records (and images) to ``out_dir`` if given."""
+                  crops: bool = False, fmt: str = "jsonl",
+                  on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Predict every image and video under ``paths``; return the records (see the module docstring).
+
+    With ``out_dir``, records go to ``out_dir/predictions.{fmt}`` one by one (flushed), and annotated
+    images and timelines next to them; ``on_record`` is called with each record as it is made. A missing
+    or unreadable input is an error record. Raises ImageError for ``every`` < 1.
+    """
     if every < 1:
         raise ImageError(f"--every must be at least 1, got {every}")
     files = expand_inputs(paths)
     out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    names = OutputNames(files)
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for n, path in enumerate(files, 1):
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            records += _predict_video(classifier, path, every, out)
-        else:
-            records += _predict_image(classifier, path, crops, out)
-        if n % 20 == 0 or n == len(files):
-            log.info("predict: %d/%d files, %d records, %.1f s", n, len(files), len(records),
-                     time.perf_counter() - start)
-    if out:
-        write_records(records, out / f"predictions.{fmt}")
+    with RecordWriter(out / f"predictions.{fmt}" if out else None) as writer:
+        for n, path in enumerate(files, 1):
+            for record in _predict_file(classifier, path, every, crops, out, names):
+                records.append(record)
+                writer.write(record)
+                if on_record is not None:
+                    on_record(record)
+            if n % 20 == 0 or n == len(files):
+                log.info("predict: %d/%d files, %d records, %.1f s", n, len(files), len(records),
+                         time.perf_counter() - start)
     return records
 
 
-def write_records(records: list[dict[str, Any]], path: Path) -> Path:
-    """JSON lines, or CSV with one probability column per class."""
-    if path.suffix == ".csv":
-        columns = ["file", "frame", "time_s", "face", "x", "y", "w", "h", "label", "score",
-                   *[f"p_{c}" for c in CLASS_NAMES], "message"]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            for r in records:
-                box = r.get("box") or [None] * 4
-                probs = r.get("probabilities") or {}
-                writer.writerow({"file": r["file"], "frame": r.get("frame"), "time_s": r.get("time_s"),
-                                 "face": r["face"], **dict(zip("xywh", box, strict=True)), "label": r["label"],
-                                 "score": r.get("score"), **{f"p_{c}": probs.get(c) for c in CLASS_NAMES},
-                                 "message": r["message"]})
+def _predict_file(classifier: FaceClassifier, path: Path, every: int, crops: bool, out: Path | None,
+                  names: OutputNames) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        problem = "no images or videos in this folder" if path.is_dir() else \
+            "not a regular file" if path.exists() else "no such file or folder"
+        yield _error(path, ImageError(f"{path}: {problem}"))
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        output = names.claim(path, "timelines", "_timeline.png") if out else None
+        yield from _predict_video(classifier, path, every, out, output)
     else:
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        output = names.claim(path, "annotated", ".jpg") if out and not crops else None
+        yield from _predict_image(classifier, path, crops, out, output)
+
+
+class RecordWriter:
+    """Writes records to JSON lines or CSV (by the path's suffix) one at a time, flushed after each.
+
+    A ``None`` path writes nothing. Use as a context manager; the file is closed on any exit, Ctrl-C too.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.file: IO[str] | None = None
+        self.csv: csv.DictWriter | None = None
+
+    def __enter__(self) -> RecordWriter:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("w", newline="" if self.path.suffix == ".csv" else None)
+            if self.path.suffix == ".csv":
+                self.csv = csv.DictWriter(self.file, CSV_COLUMNS)
+                self.csv.writeheader()
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record and flush it to the operating system."""
+        if self.file is None:
+            return
+        if self.csv is not None:
+            self.csv.writerow(_csv_row(record))
+        else:
+            self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    box = r.get("box") or [None] * 4
+    probs = r.get("probabilities") or {}
+    return {"file": r["file"], "frame": r.get("frame"), "time_s": r.get("time_s"), "face": r["face"],
+            **dict(zip("xywh", box, strict=True)), "label": r["label"], "score": r.get("score"),
+            **{f"p_{c}": probs.get(c) for c in CLASS_NAMES}, "output": r.get("output"), "message": r["message"]}
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> Path:
+    """JSON lines, or CSV with one probability column per class (by the path's suffix)."""
+    with RecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
     return path
