@@ -14,6 +14,7 @@ import pytest
 from conftest import PROJECT, tiny_overrides
 from mlflow.tracking import MlflowClient
 
+from fer_ablate import tracking
 from fer_ablate.config.settings import resolve_config
 from fer_ablate.runs.single import train_and_track
 from fer_ablate.tracking import TrackingError
@@ -46,6 +47,9 @@ def _check_finished_run(run_id: str, variant: str, epochs: int):
     assert {"config.yaml", "plots/confusion_validation.png", "plots/learning_curves.png",
             "metrics/history.json"} <= artifacts
     assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {"synthetic-train"}
+    assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.source.type"] in ("LOCAL", "PROJECT")
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens the runs table
     model = mlflow.keras.load_model(f"runs:/{run_id}/model")
     probs = np.asarray(model.predict(np.full((3, 48, 48, 1), 128, np.float32), verbose=0))
     assert probs.shape == (3, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
@@ -112,3 +116,23 @@ def test_unreachable_tracking_server_fails_before_training():
                           capture_output=True, text=True, timeout=120,
                           env={**_env(), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert proc.returncode == 3 and "unreachable" in proc.stderr and "Epoch" not in proc.stdout
+
+
+def test_one_rule_chooses_the_mlflow_experiment(monkeypatch):
+    """fer-ablate, else $MLFLOW_EXPERIMENT_NAME, else train --experiment-name; inside `mlflow run` the
+    launcher's. Every experiment the project touches gets MLflow's model-development kind."""
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    client = MlflowClient()
+    default = tracking.configure()
+    assert client.get_experiment(default).name == "fer-ablate"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "rule-test")
+    chosen = tracking.configure()
+    assert client.get_experiment(chosen).name == "rule-test"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(tracking.configure("explicit-name")).name == "explicit-name"
+    launcher = client.create_experiment("launched-untagged")  # as `mlflow run --experiment-name` makes it
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", launcher)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    assert tracking.configure() == launcher == tracking.project_experiment_ids()[0]
+    assert client.get_experiment(launcher).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -147,8 +147,11 @@ def source_tags() -> dict[str, str]:
     ``MlflowClient.create_run`` (parents, children) does not fill these as ``mlflow.start_run`` does;
     the command line (``fer-ablate ablate --experiment smoke``) says more than the script path.
     """
-    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    if program in ("cli.py", "__main__.py", "fer-ablate"):
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    program = script.name
+    if program == "cli.py" and script.parent.name == "fer_ablate":  # python -m fer_ablate.cli (MLproject)
         program = "fer-ablate"
+    elif program == "__main__.py":
+        program = f"python -m {script.parent.name}"
     command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
     return {"mlflow.source.name": command[:500], "mlflow.source.type": "LOCAL"}
