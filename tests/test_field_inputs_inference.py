@@ -25,6 +25,8 @@ from mlflow.tracking import MlflowClient
 from skimage import data as skdata
 
 from fer_ablate.cli import main
+from fer_ablate.config.names import path_under, quote_filter_value, safe_name
+from fer_ablate.config.settings import ConfigError
 from fer_ablate.inference.faces import ImageError, decode_image, read_image
 from fer_ablate.inference.model_contract import ModelError, check_model, load_model_file, sniff_model_file
 from fer_ablate.inference.predict import predict_paths
@@ -324,3 +326,42 @@ def test_decompression_bombs_are_refused_by_cli_and_endpoint(width, height, clas
         predictions_frame(classifier, pd.DataFrame({"image": [base64.b64encode(bomb).decode()]}))
     with pytest.raises(ImageError, match="over the 40,000,000 pixel limit"):
         decode_image(bomb, "bomb")
+
+
+# ---- 12. names that go into MLflow filter strings and file paths
+
+ACCEPTED = ["it's", "run #3", "café 日本", "a-b_c.d", "x = 'y' or tags.z = 'w"]
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_accepted_names_round_trip_through_mlflow_search_and_paths(name, tmp_path):
+    assert safe_name(name, "study") == name
+    client = MlflowClient()
+    experiment = client.create_experiment(f"h6-names-{ACCEPTED.index(name)}")
+    client.create_run(experiment, tags={"fer_ablate_name": name})
+    client.create_run(experiment, tags={"fer_ablate_name": name + "x"})
+    found = client.search_runs([experiment], f"tags.fer_ablate_name = {quote_filter_value(name)}")
+    assert [r.data.tags["fer_ablate_name"] for r in found] == [name]
+    folder = path_under(tmp_path / "reports", name)
+    folder.mkdir(parents=True)
+    assert folder.parent == (tmp_path / "reports").resolve()
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("../escape", r"holds /"), ("..", r"starts with '\.'"), ("a/b", "holds /"), ('say "hi"', 'holds "'),
+    ("what?", r"holds \?"), ("", "non-empty"), (" padded", "starts or ends with a space"), ("NUL", "device name"),
+    ("tab\there", "control characters"), ("x" * 121, "121 characters"),
+])
+def test_names_that_cannot_be_paths_or_filters_are_refused(name, problem):
+    with pytest.raises(ConfigError, match=f"^study name .*{problem}"):
+        safe_name(name, "study")
+
+
+def test_names_are_unicode_normalised_and_paths_cannot_escape(tmp_path):
+    decomposed = "cafe\u0301"
+    assert safe_name(decomposed, "variant") == "caf\u00e9"
+    assert quote_filter_value("it's") == '"it\'s"' and quote_filter_value("plain") == "'plain'"
+    with pytest.raises(ValueError, match="both"):
+        quote_filter_value("a'b\"c")
+    with pytest.raises(ConfigError, match="outside"):
+        path_under(tmp_path / "reports", "../../etc")
