@@ -8,15 +8,15 @@ import numpy as np
 
 from fer_ablate.config.settings import load_defaults
 from fer_ablate.data import CLASS_NAMES, load_dataset
-from fer_ablate.tracking.core import load_model
+from fer_ablate.inference.keras_model import load_keras_model
 from fer_ablate.training.metrics import evaluation_report
 
 
 def evaluate_model(model_uri: str, data: str = "auto", skip_bad_rows: bool = False) -> dict[str, Any]:
     """Load ``model_uri`` and return ``{model, data, splits: {split: metrics + confusion}}``."""
     data_cfg = {**load_defaults()["data"], "source": data, "skip_bad_rows": skip_bad_rows}
-    dataset = load_dataset(data_cfg)
-    model = load_model(model_uri)
+    model = load_keras_model(model_uri)  # a model that breaks the contract fails before the data loads
+    dataset = load_dataset(data_cfg, purpose="evaluate")  # a held-out file needs no Training rows
     splits = {}
     for split, (x, y) in dataset.splits.items():
         probs = np.asarray(model.predict(x.astype(np.float32)[..., None], batch_size=256, verbose=0))
