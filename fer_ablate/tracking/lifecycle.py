@@ -22,6 +22,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from fer_ablate.tracking.store import source_tags
+
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume"
 HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children for the runs table
 
@@ -174,7 +176,8 @@ def nested_run(ctx: RunContext, run_name: str, tags: dict[str, str] | None = Non
     """A new run under ``ctx.parent_run_id`` that is not active in this process (its own children are: a
     k-fold trial's folds), ended truly (``ended_run``, owning its children)."""
     nest = {"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}
-    run_id = MlflowClient().create_run(ctx.experiment_id, run_name=run_name, tags={**(tags or {}), **nest}).info.run_id
+    run_tags = {**source_tags(), **(tags or {}), **nest}
+    run_id = MlflowClient().create_run(ctx.experiment_id, run_name=run_name, tags=run_tags).info.run_id
     with ended_run(run_id, own_children=True, finished_on=finished_on) as handle:
         yield handle
 
@@ -190,7 +193,8 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None =
     """
     if parent_run_id:
         created = MlflowClient().create_run(
-            experiment_id, run_name=run_name, tags={**(tags or {}), "mlflow.parentRunId": parent_run_id})
+            experiment_id, run_name=run_name,
+            tags={**source_tags(), **(tags or {}), "mlflow.parentRunId": parent_run_id})
         run = mlflow.start_run(run_id=created.info.run_id)
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
@@ -237,7 +241,7 @@ def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] |
                 client.delete_tag(run_id, "error")
         else:
             nest = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-            run_id = client.create_run(experiment_id, run_name=name, tags=nest).info.run_id
+            run_id = client.create_run(experiment_id, run_name=name, tags={**source_tags(), **nest}).info.run_id
     for key, value in {**marker, **(tags or {})}.items():
         client.set_tag(run_id, key, value)
     return run_id
