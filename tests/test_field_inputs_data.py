@@ -65,11 +65,18 @@ def _dialect(name: str, pixels) -> bytes:
     if name == "bom_quoted_cr_spaced_header":
         return b"\xef\xbb\xbf" + ('"Emotion", "Pixels", "Usage"\r' +
                                   "".join(f'"{a}","{b}",{c}\r' for a, b, c in lines)).encode()
+    if name == "notes_with_quotes_and_commas":  # a 4th column only the csv module reads right
+        return ("emotion,pixels,Usage,note\n" + "".join(f'{a},{b},{c},"said ""hi"", then left"\n'
+                                                       for a, b, c in lines)).encode()
+    if name == "pixels_wrapped_over_lines":  # a quoted field may hold line breaks
+        cut = [b.index(" ", 3000) for _, b, _ in lines]
+        return ("emotion,pixels,Usage\n" + "".join(f'{a},"{b[:k]}\n{b[k + 1:]}",{c}\n'
+                                                    for (a, b, c), k in zip(lines, cut, strict=True))).encode()
     raise AssertionError(name)
 
 
 DIALECTS = ["utf8_bom", "quoted", "quoted_pixels_only", "bare_cr", "crlf", "float_labels", "semicolon", "tab",
-            "utf16", "bom_quoted_cr_spaced_header"]
+            "utf16", "bom_quoted_cr_spaced_header", "notes_with_quotes_and_commas", "pixels_wrapped_over_lines"]
 
 
 @pytest.fixture(params=["C", "numpy"])
@@ -120,6 +127,18 @@ def test_pandas_index_column_and_blank_lines(tmp_path, parser_path):
     images, labels, _, skipped = parser.parse_fer_csv(path)
     assert not skipped and labels.tolist() == [lab for lab, _ in ROWS]
     np.testing.assert_array_equal(images, np.stack(pixels).reshape(-1, 48, 48))
+
+
+def test_line_numbers_count_lines_of_the_file_as_given(tmp_path, parser_path):
+    """After rows that span two lines (read by the csv module), a bad row is still named by its own line."""
+    data = _dialect("pixels_wrapped_over_lines", _pixels()).split(b"\n")
+    data[10] = data[10].replace(b",Training", b",Trainig")  # row 5 spans lines 10-11 of the file
+    path = tmp_path / "wrapped.csv"
+    path.write_bytes(b"\n".join(data))
+    with pytest.raises(DataError, match=r"wrapped.csv: line 10: unknown Usage value 'Trainig'"):
+        parser.parse_fer_csv(path)
+    images, labels, _, skipped = parser.parse_fer_csv(path, skip_bad_rows=True)
+    assert len(labels) == len(ROWS) - 1 and dict(skipped) == {"unknown Usage value 'Trainig'": 1}
 
 
 def _assert_one_short_line(message: str, limit: int = 300):

@@ -260,6 +260,29 @@ def _line_endings(raw: bytes | mmap.mmap, start: int) -> bytes | mmap.mmap:
     return raw
 
 
+def _unquote_simple(raw: bytes | mmap.mmap, data_start: int, delim: str) -> bytes | None:
+    """The file in the plain dialect by deleting quote bytes (and turning ``delim`` into commas), when exact.
+
+    Exact when every quoted field is whole (opens after a delimiter or line start, closes before one or a
+    line end) and holds no quote, delimiter or line break, and a non-comma delimiter file holds no comma:
+    then the csv module would read the same fields, and every line keeps its number. None otherwise
+    (the caller uses the csv module). A 265 MB QUOTE_ALL file takes ~1 s here against 6 s through csv.
+    """
+    if delim != "," and raw.find(b",", data_start) >= 0:
+        return None
+    quotes = (np.flatnonzero(np.frombuffer(raw, np.uint8)[data_start:] == ord('"')) + data_start).tolist()
+    if len(quotes) % 2:
+        return None
+    bounds, separators, size = {ord(delim), _NEWLINE, _CR}, (delim.encode(), b"\n", b"\r"), len(raw)
+    for start, end in zip(quotes[0::2], quotes[1::2], strict=True):  # ~3 fields a row: a 0.4 s loop for 265 MB
+        if (start > data_start and raw[start - 1] not in bounds) or (end + 1 < size and raw[end + 1] not in bounds):
+            return None
+        if any(raw.find(sep, start + 1, end) >= 0 for sep in separators):
+            return None
+    table = bytes.maketrans(delim.encode(), b",")
+    return bytes(raw[:]).translate(table, b'"')
+
+
 def _to_plain_dialect(raw: bytes | mmap.mmap, data_start: int, cols: dict, path: Path, skip_bad_rows: bool,
                       skipped: Counter) -> tuple[bytes, list[int]]:
     """Rows read by the ``csv`` module (quotes, other delimiters) rewritten as plain ``emotion,pixels,Usage``.
@@ -318,8 +341,12 @@ def parse_fer_csv(
     skipped: Counter = Counter()
     data_start, line_map = header_end + 1, None
     if cols["_delim"] != "," or raw.find(b'"', data_start) >= 0:
-        raw, line_map = _to_plain_dialect(raw, data_start, cols, path, skip_bad_rows, skipped)
-        cols, data_start = CANONICAL_COLS, raw.find(b"\n") + 1
+        simple = _unquote_simple(raw, data_start, cols["_delim"])
+        if simple is not None:  # same lines, same fields: only the quote bytes (and delimiter) differ
+            raw, cols, data_start = simple, {**cols, "_delim": ","}, simple.find(b"\n") + 1
+        else:
+            raw, line_map = _to_plain_dialect(raw, data_start, cols, path, skip_bad_rows, skipped)
+            cols, data_start = CANONICAL_COLS, raw.find(b"\n") + 1
 
     def line_of(n: int) -> int:  # line n of what is parsed -> line of the file as given
         return n if line_map is None else line_map[n - 2]
