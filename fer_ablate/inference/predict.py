@@ -13,6 +13,7 @@ other; two inputs that differ only by extension (``clip.mp4``, ``clip.avi``) get
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ class OutputNames:
     """
 
     def __init__(self, files: list[Path]):
-        folders = [os.path.abspath(p.parent) for p in files]
+        folders = [os.path.abspath(p.parent) for p in files if p.is_file()]  # a missing path has no output
         try:
             self.root = Path(os.path.commonpath(folders)) if folders else Path.cwd()
         except ValueError:  # different drives (Windows): no common folder, file names only
@@ -76,14 +77,16 @@ class OutputNames:
     def claim(self, source: Path, folder: str, ending: str) -> str:
         """A new path ``folder/<relative path><ending>`` (relative to the output folder) for ``source``."""
         absolute = Path(os.path.abspath(source))
-        relative = absolute.relative_to(self.root) if self.root else Path(absolute.name)
-        stem = Path(folder) / relative.parent / relative.stem
-        candidates = [f"{stem}{ending}", f"{stem}_{relative.suffix.lstrip('.').lower()}{ending}"]
-        candidates += [f"{stem}_{relative.suffix.lstrip('.').lower()}_{n}{ending}" for n in range(2, 10_000)]
+        inside = self.root is not None and self.root in absolute.parents
+        relative = absolute.relative_to(self.root) if inside else Path(absolute.name)
+        stem = (Path(folder) / relative.parent / relative.stem).as_posix()
+        kind = relative.suffix.lstrip(".").lower()
+        candidates = itertools.chain([f"{stem}{ending}", f"{stem}_{kind}{ending}"],
+                                     (f"{stem}_{kind}_{n}{ending}" for n in range(2, 10_000)))
         for name in candidates:
             if name.lower() not in self.taken:
                 self.taken.add(name.lower())
-                return Path(name).as_posix()
+                return name
         raise ImageError(f"{source}: no free output name")  # 10,000 clashes: not a real input
 
 
