@@ -247,6 +247,15 @@ def test_header_garbage_is_quoted_in_one_short_line(tmp_path):
     _assert_one_short_line(str(err.value), 400)
 
 
+def test_kaggle_challenge_csv_without_usage_says_which_file_to_use(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("emotion,pixels\n0," + " ".join(["7"] * 2304) + "\n")
+    with pytest.raises(DataError, match=r"line 1: missing column\(s\) Usage; found \['emotion', 'pixels'\], "
+                                        r"expected emotion, pixels, Usage; Kaggle's train.csv and test.csv have "
+                                        r"no Usage: use fer2013.csv or icml_face_data.csv"):
+        load_dataset(data_cfg(path))
+
+
 # Item 3: held-out files and folders (no Training rows) load for evaluation; training refuses them.
 
 
@@ -330,7 +339,17 @@ CLOSE_ENCODINGS = {  # lossy or colour-converted: within a few grey levels of th
     "jpeg_exif_rotated": _rotated_with_exif,
     "cmyk_jpeg": lambda f: _encode(Image.fromarray(np.dstack([f, f, f])).convert("CMYK"), "JPEG", quality=100),
     "webp_lossy": lambda f: _encode(Image.fromarray(f), "WEBP", quality=100),
+    # Radiance HDR: Pillow does not identify it, so OpenCV decodes it (floats in [0, 1] scaled to 0-255).
+    "hdr_float_opencv": lambda f: _cv2_encode(".hdr", np.dstack([f, f, f]).astype(np.float32) / 255),
 }
+
+
+def _cv2_encode(suffix: str, pixels: np.ndarray) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(suffix, pixels)
+    assert ok
+    return data.tobytes()
 
 
 @pytest.mark.parametrize("kind", sorted(EXACT_ENCODINGS) + sorted(CLOSE_ENCODINGS))

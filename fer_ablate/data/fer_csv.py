@@ -71,9 +71,12 @@ def _column_order(header: bytes, path: Path) -> dict[str, int | str]:
     names = text.split(",")
     found = ", ".join(show(n.strip(), 30) for n in names[:6]) + (f", ... {len(names) - 6} more" * (len(names) > 6))
     missing = [c for c in REQUIRED_COLUMNS if c.lower() not in [n.strip().strip('"').lower() for n in names]]
+    # Kaggle's challenge train.csv (emotion,pixels) and test.csv (pixels) have no Usage column.
+    hint = "; Kaggle's train.csv and test.csv have no Usage: use fer2013.csv or icml_face_data.csv" * (
+        missing == ["Usage"])
     raise DataError(
         f"{path}: line 1: missing column(s) {', '.join(missing)}; found [{found}], "
-        f"expected {', '.join(REQUIRED_COLUMNS)}"
+        f"expected {', '.join(REQUIRED_COLUMNS)}{hint}"
     )
 
 

@@ -64,7 +64,7 @@ def decode_grey(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) 
             raise ImageError(f"{name}: image has no pixels ({width}x{height})")
         try:
             return _pil_to_grey(img)
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on corrupt data
             raise ImageError(f"{name}: corrupt or truncated image ({_one_line(exc)})") from None
 
 
