@@ -65,7 +65,7 @@ def log_photo_model(run_id: str) -> str:
             keras_model.save(path)
             package = Path(__file__).resolve().parent.parent  # the whole fer_ablate package travels with the model
             info = Model.log(
-                name=PHOTO_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
+                artifact_path=None, name=PHOTO_MODEL, flavor=mlflow.pyfunc, run_id=run_id,
                 python_model=str(package / "inference" / "pyfunc_entry.py"),
                 artifacts={"keras_model": str(path)}, code_paths=[str(package)], signature=photo_signature(),
                 input_example=(pd.DataFrame({"image": [_example_image()]}), {"tta": False, "crops": False}),
