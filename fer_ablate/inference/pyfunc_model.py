@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,19 +51,26 @@ class FacePrediction:
 
 
 class FaceClassifier:
-    """A Keras FER model (raw 0-255 ``[n, 48, 48, 1]`` in, 7 softmax probabilities out) plus a face detector."""
+    """A Keras FER model (raw 0-255 ``[n, 48, 48, 1]`` in, 7 softmax probabilities out) plus a face detector.
+
+    Safe to share between threads (MLflow's server predicts in a thread pool): ``tta`` and ``equalize`` are
+    defaults fixed at construction, a request's own choice is an argument (``classify_crops(crops, tta=...)``),
+    and the OpenCV cascade, whose ``detectMultiScale`` is not thread-safe, runs under a lock.
+    """
 
     def __init__(self, model: Any, tta: bool = False, equalize: bool = False, detector: FaceDetector | None = None):
         self.model, self.tta, self.equalize = model, tta, equalize
         self.detector = detector or FaceDetector()
+        self._detect_lock = threading.Lock()
 
-    def classify_crops(self, crops: np.ndarray) -> np.ndarray:
-        """Probabilities ``[n, 7]`` for ``uint8 [n, 48, 48]`` crops; with TTA, averaged with the mirrored crops."""
+    def classify_crops(self, crops: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """Probabilities ``float32 [n, 7]`` for ``uint8 [n, 48, 48]`` crops; with TTA (``tta``, else the
+        classifier's default), averaged with the mirrored crops."""
         if len(crops) == 0:
             return np.zeros((0, len(CLASS_NAMES)), np.float32)
         x = crops.astype(np.float32)[..., None]
         probs = self._run(x)
-        if self.tta:  # faces are left-right symmetric in meaning: a cheap second opinion
+        if self.tta if tta is None else tta:  # faces are left-right symmetric in meaning: a cheap second opinion
             probs = (probs + self._run(x[:, :, ::-1])) / 2
         return probs
 
@@ -73,14 +81,18 @@ class FaceClassifier:
             return np.asarray(self.model(x, training=False), dtype=np.float32)
         return np.asarray(self.model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
 
-    def analyse(self, grey: np.ndarray, crops_mode: bool = False) -> list[FacePrediction]:
-        """Every face in a grey photo (or the whole image as one face in ``crops_mode``); [] when none."""
+    def analyse(self, grey: np.ndarray, crops_mode: bool = False, tta: bool | None = None) -> list[FacePrediction]:
+        """Every face in a grey photo (or the whole image as one face in ``crops_mode``); [] when none.
+
+        ``tta``: this call's test-time flip (None: the classifier's default).
+        """
         if crops_mode:
-            return [FacePrediction(None, self.classify_crops(as_crop(grey)[None])[0])]
-        boxes = self.detector.detect(grey)
+            return [FacePrediction(None, self.classify_crops(as_crop(grey)[None], tta)[0])]
+        with self._detect_lock:
+            boxes = self.detector.detect(grey)
         crops = np.stack([crop_face(grey, b, equalize=self.equalize) for b in boxes]) if boxes else \
             np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-        return [FacePrediction(b, p) for b, p in zip(boxes, self.classify_crops(crops), strict=True)]
+        return [FacePrediction(b, p) for b, p in zip(boxes, self.classify_crops(crops, tta), strict=True)]
 
 
 def _decode_record(record: dict[str, Any], row: int) -> np.ndarray:
@@ -104,8 +116,11 @@ def _decode_record(record: dict[str, Any], row: int) -> np.ndarray:
     raise ImageError(f"row {row}: give 'image' (base64 of a JPEG/PNG) or 'pixels' (2304 grey values)")
 
 
-def predictions_frame(classifier: FaceClassifier, frame: pd.DataFrame, crops: bool = False) -> pd.DataFrame:
+def predictions_frame(classifier: FaceClassifier, frame: pd.DataFrame, crops: bool = False,
+                      tta: bool | None = None) -> pd.DataFrame:
     """One output row per face found (or per crop), a message row for an image with no face or a bad one.
+
+    ``crops`` and ``tta`` are this request's options; the shared ``classifier`` is never changed.
 
     Raises ImageError when no row at all could be read (the whole request is bad: HTTP 400 when served).
     """
@@ -119,7 +134,7 @@ def predictions_frame(classifier: FaceClassifier, frame: pd.DataFrame, crops: bo
             rows.append({"row": i, "face": -1, "message": str(exc)})
             continue
         # A pixels row is a FER2013 crop by definition; an image is a photo unless crops mode is asked for.
-        faces = classifier.analyse(grey, crops_mode=crops or not record.get("image"))
+        faces = classifier.analyse(grey, crops_mode=crops or not record.get("image"), tta=tta)
         if not faces:
             rows.append({"row": i, "face": -1, "message": "no face found"})
         for j, face in enumerate(faces):
@@ -152,8 +167,9 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         params = params or {}
-        self.classifier.tta = bool(params.get("tta", False))
+        # Per-request options travel as arguments: the server runs requests in threads sharing this object.
         try:
-            return predictions_frame(self.classifier, model_input, crops=bool(params.get("crops", False)))
+            return predictions_frame(self.classifier, model_input, crops=bool(params.get("crops", False)),
+                                     tta=bool(params.get("tta", False)))
         except ImageError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
