@@ -18,7 +18,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from fer_ablate.data.dataset import DataError
+from fer_ablate.data.dataset import DataError, show_data
 from fer_ablate.data.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,12 @@ def _listing(names: list[str], shown: int = 4) -> str:
 
 
 def _member_bytes(path: Path, name: str, data: bytes) -> bytes:
-    log.info("data: reading %s from the archive %s", name, path)
+    log.info("data: reading %s from the archive %s", show_data(name, 200), path)
     if name.lower().endswith(".gz"):
         try:
             return gzip.decompress(data)
         except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: {name} in the archive is a corrupt gzip file ({exc})") from None
+            raise DataError(f"{path}: {show_data(name)} in the archive is a corrupt gzip file ({exc})") from None
     return data
 
 
