@@ -20,6 +20,7 @@ import pytest
 from conftest import REAL_FER2013, TINY
 from mlflow.tracking import MlflowClient
 from skimage import data as skdata
+from test_field_inputs_inference import _png_declaring
 
 from fer_ablate.config.settings import resolve_config
 from fer_ablate.inference.faces import Box, FaceDetector, ImageError, crop_box, crop_face, decode_image
@@ -222,6 +223,10 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
         status, body = _post(port, json.dumps({"dataframe_records": [{"image": base64.b64encode(
             huge.tobytes()).decode()}]}).encode())
         assert status == 400 and "pixel limit" in body["message"]
+        # 600 M pixels declared in a tiny PNG (over Pillow's own 358 M error limit): refused from the header.
+        status, body = _post(port, json.dumps({"dataframe_records": [{"image": base64.b64encode(
+            _png_declaring(30_000, 20_000)).decode()}]}).encode())
+        assert status == 400 and "over the 40,000,000 pixel limit" in body["message"]
         # A batch of FER2013-style crops (space-separated grey values): one prediction per crop, no detection.
         crop = cv2.resize(cv2.imread(str(photos["astronaut"]), cv2.IMREAD_GRAYSCALE)[66:161, 177:272], (48, 48))
         pixels = " ".join(map(str, crop.ravel()))
