@@ -178,14 +178,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fer_ablate.tracking.model_registry import load_classifier
 
     classifier = load_classifier(args.model, tta=args.tta, equalize=args.equalize, tracking_uri=args.tracking_uri)
+    # Without --out each record is printed as it is made, so an interrupted run keeps what it printed.
     records = predict_paths(classifier, args.inputs, out_dir=args.out, every=args.every, crops=args.crops,
-                            fmt=args.format)
+                            fmt=args.format, on_record=None if args.out else lambda r: print(json.dumps(r), flush=True))
     if args.out:
         faces = sum(r["face"] is not None for r in records)
         print(f"{faces} face(s) in {len({r['file'] for r in records})} file(s): {args.out}/predictions.{args.format}")
-    else:
-        for record in records:
-            print(json.dumps(record))
     return 0 if all(not str(r["message"]).startswith("error") for r in records) else 1
 
 

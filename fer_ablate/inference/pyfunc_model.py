@@ -7,8 +7,6 @@ and the REST endpoint give the same labels for the same image.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import threading
 from dataclasses import dataclass
@@ -20,6 +18,8 @@ import pandas as pd
 
 from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE
 from fer_ablate.inference.faces import Box, FaceDetector, ImageError, as_crop, crop_face, decode_image
+from fer_ablate.inference.model_contract import check_model
+from fer_ablate.inference.serving_input import check_request_size, decode_base64_image
 
 log = logging.getLogger(__name__)
 PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
@@ -99,11 +99,7 @@ def _decode_record(record: dict[str, Any], row: int) -> np.ndarray:
     """The grey image of one request row: ``image`` (base64 of an encoded image) or ``pixels`` (FER2013 style)."""
     image, pixels = record.get("image"), record.get("pixels")
     if isinstance(image, str) and image:
-        try:
-            data = base64.b64decode(image, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageError(f"row {row}: 'image' is not base64") from None
-        return decode_image(data, f"row {row}")
+        return decode_image(decode_base64_image(image, f"row {row}"), f"row {row}")
     if isinstance(pixels, str) and pixels:
         try:
             values = np.array(pixels.split(), dtype=np.int64)
@@ -124,6 +120,7 @@ def predictions_frame(classifier: FaceClassifier, frame: pd.DataFrame, crops: bo
 
     Raises ImageError when no row at all could be read (the whole request is bad: HTTP 400 when served).
     """
+    check_request_size(list(frame["image"]) if "image" in frame else [])  # before decoding any row
     rows: list[dict[str, Any]] = []
     errors = []
     for i, record in enumerate(frame.to_dict("records")):
@@ -159,7 +156,8 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
 
         from fer_ablate import models  # noqa: F401  (registers the custom layers the saved model may hold)
 
-        self.classifier = FaceClassifier(keras.saving.load_model(context.artifacts["keras_model"], compile=False))
+        model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        self.classifier = FaceClassifier(check_model(model, "the photo model's keras_model artifact"))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:
