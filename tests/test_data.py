@@ -41,14 +41,26 @@ def test_fast_and_line_by_line_parsers_agree(fer_csv):
     assert not skipped
 
 
-def test_gzip_and_cache(fer_csv_gz):
+def test_gzip_and_cache(fer_csv_gz, fer_csv):
     first = load_dataset(data_cfg(fer_csv_gz))
-    second = load_dataset(data_cfg(fer_csv_gz))  # from the cache
-    assert first.digest == second.digest
+    plain = load_dataset(data_cfg(fer_csv))  # the gzip decompresses to exactly these pixels
     for split in first.splits:
-        np.testing.assert_array_equal(first.splits[split][0], second.splits[split][0])
+        np.testing.assert_array_equal(first.splits[split][0], plain.splits[split][0])
     cached = list(cache_dir().glob(f"fer2013-{first.digest}-*"))
-    assert cached, "parsed arrays are cached under the file's content hash"
+    assert len(cached) == 1, "parsed arrays are cached under the file's content hash"
+    # Prove the second load is a cache hit, not a second parse: invert the cached pixels on disk, and the
+    # next load of the unchanged file must return the inverted ones.
+    images = np.load(cached[0] / "images.npy")
+    np.save(cached[0] / "images.npy", 255 - images)
+    second = load_dataset(data_cfg(fer_csv_gz))
+    assert second.digest == first.digest
+    for split in first.splits:
+        np.testing.assert_array_equal(second.splits[split][0], 255 - first.splits[split][0])
+    # A changed file is a miss: new content, new key, parsed afresh (one row fewer, true pixels).
+    fer_csv_gz.write_bytes(gzip.compress(b"\n".join(fer_csv.read_bytes().splitlines()[:-1]) + b"\n"))
+    changed = load_dataset(data_cfg(fer_csv_gz))
+    assert changed.digest != first.digest and sum(changed.sizes().values()) == sum(first.sizes().values()) - 1
+    np.testing.assert_array_equal(changed.splits["train"][0], first.splits["train"][0])
 
 
 def test_icml_variant_with_spaced_column_names(tmp_path):
