@@ -9,8 +9,11 @@ import gzip
 import io
 import json
 import logging
+import lzma
+import struct
 import tarfile
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -170,8 +173,6 @@ def test_archive_with_one_csv_is_read(tmp_path, kind):
     pixels = _pixels()
     csv_bytes = _plain_text(pixels).encode()
     tar = _kaggle_tar(csv_bytes)
-    import lzma
-
     data = {"fer2013.tar.gz": gzip.compress(tar), "fer2013": tar, "fer2013.tar.xz": lzma.compress(tar),
             "fer2013.zip": _zip({"fer2013.csv": csv_bytes, "__MACOSX/._fer2013.csv": b"\x00"}),
             "nested.zip": _zip({"data/fer2013.csv.gz": gzip.compress(csv_bytes), "data/README.md": b"x"})}[kind]
@@ -401,12 +402,8 @@ def test_folder_loader_predict_and_serving_share_the_decoder(tmp_path):
 
 
 def test_decompression_bomb_is_refused_before_decoding():
-    # 20,000 x 20,000 = 400 M pixels: a PNG of a few hundred kB that would need 400 MB to decode.
-    header = Image.new("L", (1, 1))
-    data = _encode(header, "PNG")
-    import struct
-    import zlib
-
+    # A 70-byte PNG whose header declares 20,000 x 20,000 = 400 M pixels (400 MB once decoded).
+    data = _encode(Image.new("L", (1, 1)), "PNG")
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     data = data[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
