@@ -36,6 +36,7 @@ from fer_ablate.runs.jobs import run_jobs
 from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
 from fer_ablate.runs.single import ChildOutcome, train_and_track
 from fer_ablate.training.loop import EPOCH_METRICS
+from fer_ablate.tuning.space_match import check_study_matches
 
 log = logging.getLogger(__name__)
 KIND = "study"
@@ -381,8 +382,10 @@ def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None 
         raise StorageError("SQLite storage is for one process; use journal:PATH or postgresql:// with --workers")
     storage_url = storage or default_storage()
     store = open_storage(storage_url)  # fails here, before any training, when unusable
-    optuna.create_study(study_name=study_name, storage=store, direction=space.direction, load_if_exists=True,
-                        sampler=make_sampler(space.sampler, space), pruner=make_pruner(space.pruner))
+    study = optuna.create_study(study_name=study_name, storage=store, direction=space.direction,
+                                load_if_exists=True, sampler=make_sampler(space.sampler, space),
+                                pruner=make_pruner(space.pruner))
+    check_study_matches(study, space, _safe_url(storage_url))  # a reused name whose file changed: refused here
     ctx = tracking.open_context(tracking_uri=tracking_uri)  # the store's one rule picks the MLflow experiment
     task = StudyTask(space_name, study_name, storage_url, n_trials, timeout, extra)
     with tracking.parent_run(ctx, KIND, study_name, {
