@@ -26,7 +26,7 @@ from fer_ablate.cli import main
 from fer_ablate.data.folds import FoldError, check_matches, make_folds, training_pool
 from fer_ablate.runs.cross_validation import run_kfold
 from fer_ablate.runs.grid import run_experiment
-from fer_ablate.tuning.study import MAX_CONSECUTIVE_FAILURES, StudyFailing, run_study
+from fer_ablate.tuning.study import MAX_CONSECUTIVE_FAILURES, StudyFailing, open_storage, run_study
 
 TINY_SET = [f"{k}={v}".replace(" ", "") for k, v in {**TINY, "data.source": "synthetic"}.items()]
 DEFAULT_CASES = {("ablate", signal.SIGTERM, 2), ("kfold", signal.SIGINT, 1), ("tune", signal.SIGINT, 2)}
@@ -99,7 +99,7 @@ class Case:
             [outcome] = run_kfold("paper", folds=2, seed=self.fold_seed,
                                   extra={**TINY, "data.source": "synthetic"})
             return outcome.skipped, outcome.finished
-        study = optuna.load_study(study_name=self.name, storage=self.storage)
+        study = optuna.load_study(study_name=self.name, storage=open_storage(self.storage))
         done_before = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials())
         seen = {c.info.run_id for c in self.children()}
         run_study(self.path, n_trials=2, storage=self.storage)
