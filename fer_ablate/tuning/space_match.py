@@ -129,12 +129,12 @@ def _distribution_change(key: str, old: BaseDistribution, new: BaseDistribution,
 
 
 def _how_to_go_on(space: SearchSpace) -> str:
+    advice = "start a new study with --study-name NEW, or keep this one by restoring"
     try:
-        shown = space.path.resolve().relative_to(project_root())
-    except ValueError:
-        shown = space.path
-    return (f"start a new study with --study-name NEW, or keep this one by restoring {shown} as it was "
-            f"(git log -p -- {shown}; git show COMMIT:{shown})")
+        shown = space.path.resolve().relative_to(project_root().resolve())
+    except ValueError:  # a file outside the project: git cannot be assumed
+        return f"{advice} {space.path} as it was"
+    return f"{advice} {shown} as it was (git log -p -- {shown}; git show COMMIT:{shown})"
 
 
 def check_study_matches(study: optuna.Study, space: SearchSpace, storage_label: str) -> None:
