@@ -17,7 +17,7 @@ import pandas as pd
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 1em;line-height:1.4}"
          "table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}"
          "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-         "th{background:#f2f2f2}td:first-child,td:nth-child(2){text-align:left}"
+         "th{background:#f2f2f2}td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}"
          "img{max-width:100%}figure{margin:1em 0}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -142,10 +143,11 @@ def git_commit() -> str | None:
 
 
 def source_tags() -> dict[str, str]:
-    """MLflow's Source column for a run this process creates: the command that made it, type LOCAL.
+    """MLflow's Source column for a run this process creates, and the full command line as ``command``.
 
-    ``MlflowClient.create_run`` (parents, children) does not fill these as ``mlflow.start_run`` does;
-    the command line (``fer-ablate ablate --experiment smoke``) says more than the script path.
+    ``MlflowClient.create_run`` (parents, children) does not fill the Source as ``mlflow.start_run`` does.
+    The UI shows a LOCAL source after its last ``/``, so paths in the command are cut to their file names
+    there (``fer-ablate ablate --experiment smoke.yaml``); ``command`` keeps them whole.
     """
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
     program = script.name
@@ -153,5 +155,7 @@ def source_tags() -> dict[str, str]:
         program = "fer-ablate"
     elif program == "__main__.py":
         program = f"python -m {script.parent.name}"
-    command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
-    return {"mlflow.source.name": command[:500], "mlflow.source.type": "LOCAL"}
+    args = sys.argv[1:]
+    shown = " ".join([program, *(shlex.quote(re.sub(r"[^=\s]*/", "", a)) for a in args)])  # folders cut
+    command = " ".join([program, *map(shlex.quote, args)])
+    return {"mlflow.source.name": shown[:500], "mlflow.source.type": "LOCAL", "command": command[:5000]}
