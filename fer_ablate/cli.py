@@ -83,13 +83,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Run (or resume) every run of an experiment file under one parent run."""
-    from fer_ablate.config.experiment_file import expand, load_experiment
+    from fer_ablate.config.experiment_file import expand, load_experiment_file
     from fer_ablate.config.settings import parse_set_args
     from fer_ablate.runs.grid import describe, run_experiment
 
     extra = parse_set_args(args.set)
     if args.dry_run:
-        exp = load_experiment(args.experiment)
+        exp = load_experiment_file(args.experiment)
         print(f"{exp.name}: {exp.design}, base {exp.base}, seeds {exp.seeds}")
         print(describe(expand(exp, extra)))
         return 0
@@ -151,12 +151,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_tune_report(args: argparse.Namespace) -> int:
     """Log a study's best trial, plots and best variant to its parent run (again)."""
     from fer_ablate import tracking
-    from fer_ablate.tuning.study import EXPERIMENT, KIND, default_storage
+    from fer_ablate.tuning.study import KIND, default_storage, open_storage
     from fer_ablate.tuning.study_report import report_study
 
-    experiment_id = tracking.configure(EXPERIMENT, args.tracking_uri)
+    experiment_id = tracking.configure(tracking_uri=args.tracking_uri)
     parent = tracking.open_parent(experiment_id, KIND, args.study_name)
-    summary = report_study(args.study_name, args.storage or default_storage(), parent)
+    summary = report_study(args.study_name, open_storage(args.storage or default_storage()), parent)
     tracking.end_run_by_id(parent, "FINISHED")
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: the variant's own (a negative value also means that)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any setting, e.g. --set model.kernel_size=5 (repeatable)")
-    train.add_argument("--experiment-name", default="fer-ablate")
+    train.add_argument("--experiment-name", default=None,
+                       help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else fer-ablate)")
     train.add_argument("--run-name", default=None)
     train.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     train.set_defaults(func=cmd_train)
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RuntimeError as exc:  # TrackingError and friends: a clear line, not a traceback
         from fer_ablate.runs.shared_queue import StorageError
-        from fer_ablate.tracking.core import TrackingError
+        from fer_ablate.tracking import TrackingError
 
         if isinstance(exc, (TrackingError, StorageError)):
             print(f"fer-ablate: error: {exc}", file=sys.stderr)
