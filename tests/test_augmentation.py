@@ -74,8 +74,9 @@ def test_test_time_flip_model_is_mirror_invariant_and_survives_saving(tmp_path, 
     reloaded = keras.saving.load_model(tmp_path / "flip.keras")
     assert np.allclose(reloaded.predict(faces, verbose=0), probs, atol=1e-6)
     # A fresh process that only imports the loader (as evaluate, predict and serving do) knows the layer too.
-    loaded = subprocess.run([sys.executable, "-c", "import sys; from fer_ablate.tracking.core import load_model; "
-                             "print(load_model(sys.argv[1]).count_params())", str(tmp_path / "flip.keras")],
+    loader = "import sys; from fer_ablate.inference.keras_model import load_keras_model as load; "
+    loaded = subprocess.run([sys.executable, "-c", loader + "print(load(sys.argv[1]).count_params())",
+                             str(tmp_path / "flip.keras")],
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split()[-1] == str(params)

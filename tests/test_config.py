@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from fer_ablate.config.experiment_file import expand, load_experiment
+from fer_ablate.config.experiment_file import expand, load_experiment_file
 from fer_ablate.config.settings import (
     OPTIMIZERS,
     SECTIONS,
@@ -150,7 +150,7 @@ SMOKE_HASHES = {("paper", 1): "e888c3b9798e", ("paper", 2): "db7d83007ea1", ("ke
 
 def test_config_hashes_are_pinned():
     assert {name: config_hash(resolve_config(name)) for name in load_variants()} == VARIANT_HASHES
-    assert {(s.label, s.seed): s.config_hash for s in expand(load_experiment("smoke"))} == SMOKE_HASHES
+    assert {(s.label, s.seed): s.config_hash for s in expand(load_experiment_file("smoke"))} == SMOKE_HASHES
 
 
 def test_config_hash_is_stable_and_sensitive():
