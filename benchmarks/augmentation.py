@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed training steps per setting, interleaved")
     parser.add_argument("--settings", default="none,single_warp,keras_layers,ImageDataGenerator")
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("augmentation")
     from fer_ablate.config.settings import resolve_config
     from fer_ablate.data.synthetic import make_synthetic_faces
 

@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("parse_csv")
     source = args.csv or (Path(os.environ["FER_DATA"]) if os.environ.get("FER_DATA") else None)
     source = source or (SHARED if SHARED.is_file() else None)
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,7 +52,7 @@ def our_classifier(model_uri: str | None):
     from fer_ablate.inference.pyfunc_model import FaceClassifier
 
     if model_uri:
-        from fer_ablate.tracking.model_registry import load_classifier
+        from fer_ablate.inference.registered import load_classifier
 
         return load_classifier(model_uri), True
     from fer_ablate.config.settings import resolve_config
@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--scales", default="2,4", help="close-up sizes: 48 x scale pixels per face photo")
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("photos")
     fer = load_fer()
     ours, trained = our_classifier(args.model)
 

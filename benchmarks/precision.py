@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
-from machine_header import print_header  # noqa: E402
 
 
 class EpochTimes(keras.callbacks.Callback):
@@ -60,6 +56,8 @@ def main() -> None:
     parser.add_argument("--variant", default="fast_cpu")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
     print_header(f"precision: {args.variant}, {args.images} images, {args.epochs} epochs")
     base = None
     for precision in args.precisions.split(","):

@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--prune-on", default="val_accuracy", choices=["val_accuracy", "val_loss"],
                         help="the per-epoch signal the pruner sees (the objective stays val_accuracy)")
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("pruning")
     pruner = {"type": args.pruner}
     if args.pruner == "median":
         pruner |= {"n_startup_trials": args.startup, "n_warmup_steps": args.warmup}

@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("synthetic_difficulty")
     overrides = {"data.source": "synthetic", "data.synthetic_samples": args.samples,
                  "train.epochs": args.epochs, "train.verbose": 2, **parse_set_args(args.set)}
     cfg = resolve_config("paper", overrides)

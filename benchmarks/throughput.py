@@ -28,6 +28,7 @@ SETTINGS = {  # name -> config overrides on top of the paper variant
     "bf16_xla": {"train.precision": "mixed_bfloat16", "train.jit_compile": "xla"},
     "batch128": {"train.batch_size": 128},
     "bf16_batch128": {"train.precision": "mixed_bfloat16", "train.batch_size": 128},
+    "auto_batch128": {"train.precision": "auto", "train.batch_size": 128},  # what fast_cpu gets on this machine
     "noaug": {"augment.enabled": False},
     "bf16_noaug": {"train.precision": "mixed_bfloat16", "augment.enabled": False},
     "noaug_no_xla": {"augment.enabled": False, "train.jit_compile": "no_xla"},
@@ -102,6 +103,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per setting (the first is not timed)")
     parser.add_argument("--only", default=",".join(SETTINGS), help="comma-separated settings")
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("throughput")
     from fer_ablate.config.settings import resolve_config
     from fer_ablate.training.loop import build_models
 

@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra overrides for every variant")
     parser.add_argument("--runs", nargs="*", default=None, help="plot these finished runs instead of training")
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("time_to_accuracy")
     run_ids = args.runs or train_variants(args.variants, args.minutes, args.data, args.set)
     report(curves(run_ids))
 

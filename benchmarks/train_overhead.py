@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
+    from machine_header import print_header  # benchmarks/ is sys.path[0] when run as a script
+
+    print_header("train_overhead")
     n_total = int(args.images / 0.8) + 1
     overrides = {"data.source": "synthetic", "data.synthetic_samples": n_total, "train.epochs": args.epochs,
                  "augment.enabled": False, "train.verbose": 2, **parse_set_args(args.set)}
