@@ -49,3 +49,12 @@ def _set_backend() -> None:
 
 
 _set_backend()
+
+# 40 M pixels is a 7,300 x 5,500 photo, beyond any camera a face would come from; a larger image is a
+# decompression bomb (a 50 kB PNG can declare 1e10 pixels) or a mistake. Pillow's own limit is 179 M.
+# data/images.py refuses larger images. OpenCV (the decoder of what Pillow does not identify: EXR, HDR) checks
+# a header against $OPENCV_IO_MAX_IMAGE_PIXELS (default 2**30) before decoding, but reads it once, when cv2
+# is imported, and Keras imports cv2: so it is set here, before any module can import either. A user's value
+# is kept.
+MAX_IMAGE_PIXELS = 40_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))

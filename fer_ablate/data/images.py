@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from fer_ablate import MAX_IMAGE_PIXELS
 from fer_ablate.data.dataset import IMAGE_SIZE, DataError
 
 # Suffixes the loaders and ``predict`` pick up in folders (lower case); one list for both.
@@ -26,9 +27,8 @@ IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
     ".pgm", ".ppm", ".pbm", ".pnm", ".jp2", ".avif", ".exr", ".hdr",
 })
-# 40 M pixels is a 7,300 x 5,500 photo, beyond any camera a face would come from; a larger image is a
-# decompression bomb (a 50 kB PNG can declare 1e10 pixels) or a mistake. Pillow's own limit is 179 M.
-MAX_PIXELS = 40_000_000
+# 40 M pixels (fer_ablate/__init__.py, which also hands it to OpenCV before cv2 can be imported).
+MAX_PIXELS = MAX_IMAGE_PIXELS
 BACKGROUND = 255  # transparent pixels become white
 
 
@@ -128,7 +128,17 @@ def _decode_with_opencv(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """Formats Pillow does not identify: OpenCV's decoders, then the same depth and colour rules."""
     import cv2
 
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # its size limits (checked from the header) raise; corrupt data returns None
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "")
+            limit = f"{int(limit):,}" if limit.isdigit() else limit
+            raise ImageError(f"{name}: over the {limit} pixel limit (refused from its header, before "
+                             "decoding)") from None
+        if "CV_IO_MAX_IMAGE" in str(exc):  # OPENCV_IO_MAX_IMAGE_WIDTH or _HEIGHT (2**20 by default)
+            raise ImageError(f"{name}: over OpenCV's width or height limit (refused from its header)") from None
+        raise ImageError(f"{name}: not a readable image ({_one_line(exc)})") from None
     if decoded is None or decoded.size == 0:
         raise ImageError(f"{name}: not a readable image (corrupt or unsupported format)")
     if decoded.shape[0] * decoded.shape[1] > max_pixels:
