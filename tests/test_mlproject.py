@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import yaml
 from conftest import PROJECT
 
@@ -42,3 +43,30 @@ def test_commands_with_defaults_parse():
         argv = shlex.split(entry["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()}))[3:]
         args = build_parser().parse_args(argv)
         assert args.command == argv[0], name
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ("model.dense_units=[16, 8, 8] train.epochs=2", {"model.dense_units": [16, 8, 8], "train.epochs": 2}),
+    ("model.dense_dropout=[0.1, 0.2, 0.3]", {"model.dense_dropout": [0.1, 0.2, 0.3]}),
+    ("data.source='/data/my faces/fer2013.csv' augment.enabled=false",
+     {"data.source": "/data/my faces/fer2013.csv", "augment.enabled": False}),
+    ("train.optimizer=adamw   model.kernel_size=5", {"train.optimizer": "adamw", "model.kernel_size": 5}),
+])
+def test_overrides_with_spaces_reach_the_cli_intact(overrides, expected):
+    """`-P overrides="model.dense_units=[16, 8, 8]"`: MLflow's own substitution (it shell-quotes the value),
+    then the shell's split and our CLI parser give the same settings as `--set` would."""
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    from fer_ablate.cli import build_parser
+    from fer_ablate.config.settings import parse_set_args, resolve_config
+
+    project = load_project(str(PROJECT))
+    for name, entry in SPEC["entry_points"].items():
+        if "overrides" not in entry.get("parameters", {}):
+            continue
+        command = project.get_entry_point(name).compute_command({"overrides": overrides}, None)
+        args = build_parser().parse_args(shlex.split(command)[3:])
+        assert parse_set_args(args.set) == expected, name
+    resolve_config("paper", expected)  # and they are valid settings
