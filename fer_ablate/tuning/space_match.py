@@ -151,10 +151,10 @@ def check_study_matches(study: optuna.Study, space: SearchSpace, storage_label: 
     definition = space_definition(space)
     digest = space_digest(definition)
     attrs = study.user_attrs
-    if attrs.get(DIGEST_ATTR) == digest and [d.name.lower() for d in study.directions] == [space.direction]:
-        return
-    problems: dict[str, str] = {}
     directions = [d.name.lower() for d in study.directions]
+    if attrs.get(DIGEST_ATTR) == digest and directions == [space.direction]:
+        return
+    problems: dict[str, str] = {}  # by what changed: a direction or a parameter is named once
     if directions != [space.direction]:
         problems["direction"] = f"direction was {' and '.join(directions)}, now {space.direction}"
     if METRIC_ATTR in attrs and attrs[METRIC_ATTR] != space.metric:
