@@ -37,7 +37,6 @@ LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 JIT_COMPILE: tuple[str, ...] = get_args(JitCompile)
 AUGMENT_METHODS: tuple[str, ...] = get_args(AugmentMethod)
-DATA_SOURCE_KINDS = ("auto", "synthetic")  # or a path to a FER2013 CSV(.gz) / image-folder root
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # dropout rates, label smoothing: 1 would drop everything
 
@@ -115,7 +114,7 @@ class AugmentSettings(_Section):
 class DataSettings(_Section):
     """``data``: where the faces come from and how they are split."""
 
-    source: str = Field(min_length=1)  # one of DATA_SOURCE_KINDS or a path
+    source: str = Field(min_length=1)  # auto | synthetic | a path (data.loading.resolve_source reads it)
     val_fraction: float = Field(gt=0, lt=1)
     skip_bad_rows: bool
     train_limit: int = Field(ge=0)
