@@ -10,6 +10,7 @@ import sys
 import optuna
 import pytest
 from conftest import PROJECT
+from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -177,3 +178,6 @@ def test_cli_refuses_a_changed_file_before_any_trial(tmp_path):
                     "'model.kernel_size' choices were [3, 5], the file now says [3, 5, 7]; start a new study with "
                     f"--study-name NEW, or keep this one by restoring {path} as it was")
     assert len(optuna.load_study(study_name="sm", storage=storage).get_trials()) == 1
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(ids, "tags.fer_ablate_name = 'sm'"), "no MLflow run may be recorded"
