@@ -164,7 +164,7 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Register a run's model (as a photo model) and move the alias to it."""
-    from fer_ablate.tracking.model_registry import promote
+    from fer_ablate.inference.registered import promote
 
     version = promote(args.run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
     print(f"registered {args.name} version {version.version}; models:/{args.name}@{args.alias} -> version "
@@ -175,7 +175,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Faces and emotions in photos, folders and videos."""
     from fer_ablate.inference.predict import predict_paths
-    from fer_ablate.tracking.model_registry import load_classifier
+    from fer_ablate.inference.registered import load_classifier
 
     classifier = load_classifier(args.model, tta=args.tta, equalize=args.equalize, tracking_uri=args.tracking_uri)
     # Without --out each record is printed as it is made, so an interrupted run keeps what it printed.

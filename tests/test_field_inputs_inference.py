@@ -31,10 +31,10 @@ from fer_ablate.inference.faces import ImageError, decode_image, read_image
 from fer_ablate.inference.model_contract import ModelError, check_model, load_model_file, sniff_model_file
 from fer_ablate.inference.predict import predict_paths
 from fer_ablate.inference.pyfunc_model import FaceClassifier, predictions_frame
+from fer_ablate.inference.registered import load_classifier
 from fer_ablate.inference.score_dataset import evaluate_model
 from fer_ablate.inference.serving_input import decode_base64_image
 from fer_ablate.tracking import TrackingError
-from fer_ablate.tracking.model_registry import load_classifier
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -25,9 +25,9 @@ from test_field_inputs_inference import _png_declaring
 from fer_ablate.config.settings import resolve_config
 from fer_ablate.inference.faces import Box, FaceDetector, ImageError, crop_box, crop_face, decode_image
 from fer_ablate.inference.predict import predict_paths
+from fer_ablate.inference.registered import DEFAULT_MODEL_URI, load_classifier, promote
 from fer_ablate.runs.single import train_and_track
 from fer_ablate.tracking import TrackingError
-from fer_ablate.tracking.model_registry import DEFAULT_MODEL_URI, load_classifier, promote
 
 ASTRONAUT_FACE = Box(177, 66, 95, 95)  # where Haar finds Eileen Collins' face in skimage's astronaut (512x512)
 

@@ -31,7 +31,7 @@ from fer_ablate.config.settings import resolve_config
 from fer_ablate.data.synthetic import make_synthetic_faces
 from fer_ablate.inference import pyfunc_entry
 from fer_ablate.inference.pyfunc_model import PROB_COLUMNS
-from fer_ablate.tracking.model_registry import photo_signature
+from fer_ablate.inference.registered import photo_signature
 from fer_ablate.training.loop import build_models
 
 REQUESTS = 16  # per check: 4 threads, alternating tta, so requests overlap with ones of the other kind

@@ -4,7 +4,7 @@
 - ``lifecycle``: how runs start and end (FINISHED, FAILED with an error, KILLED), parents and children;
 - ``records``: what a run logs (config, data, epochs, result, figures, model);
 - ``queries``: reading runs back (parents by kind and name, artifacts, models);
-- ``model_registry``: ``promote`` and loading registered photo models (imported by its users, not here).
+- ``model_registry``: the MLflow model registry (``inference/registered.py`` makes photo models of it).
 
 Callers import the room (``from fer_ablate import tracking``); the names below are its public API.
 Nothing here imports Keras, the models, the training code or the plots.
