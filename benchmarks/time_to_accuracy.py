@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,12 +44,10 @@ def curves(run_ids: list[str]) -> dict[str, tuple[str, list[float], list[float]]
     from fer_ablate import tracking
 
     tracking.use_store()
-    client = tracking.get_client()
     out = {}
     for run_id in run_ids:
-        run = client.get_run(run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            history = json.loads(Path(client.download_artifacts(run_id, "metrics/history.json", tmp)).read_text())
+        run = tracking.get_run(run_id)
+        history = json.loads(tracking.read_text(run_id, "metrics/history.json"))
         out[run_id] = (run.data.tags.get("variant", run_id[:8]), history["wall_seconds"], history["val_accuracy"])
     return out
 

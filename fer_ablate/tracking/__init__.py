@@ -34,7 +34,6 @@ from fer_ablate.tracking.queries import (  # noqa: F401
     STUDY,
     active_run_id,
     find_parent,
-    get_client,
     get_run,
     load_model,
     project_experiment_ids,

@@ -122,7 +122,3 @@ def active_run_id() -> str | None:
     run = mlflow.active_run()
     return run.info.run_id if run else None
 
-
-def get_client() -> MlflowClient:
-    """A client on the configured store. Prefer the functions of this room; kept for callers not yet moved."""
-    return MlflowClient()
