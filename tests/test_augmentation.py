@@ -1,5 +1,9 @@
-"""The single-warp augmentation layer, the test-time flip wrapper and the time-based learning-rate schedule."""
+"""The single-warp augmentation layer, the test-time flip wrapper, the time-based learning-rate schedule and the
+training callbacks. Backend-agnostic: .ci/run runs this module again under ``KERAS_BACKEND=jax``, and one test
+compares the numbers of both backends directly."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -10,7 +14,9 @@ from conftest import tiny_overrides
 
 from fer_ablate.config.settings import ConfigError, resolve_config
 from fer_ablate.models.augmentation import RandomAffine
-from fer_ablate.training.loop import TimeCosine, build_augmenter, build_models
+from fer_ablate.training.loop import BestWeights, EpochClock, TimeCosine, build_augmenter, build_models
+
+pytestmark = pytest.mark.jax
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +103,65 @@ def test_xla_request_with_the_warp_falls_back_instead_of_failing(faces):
 
     cfg = resolve_config("paper", tiny_overrides(**{"train.jit_compile": "xla"}))
     _, training, _ = build_models(cfg)
-    with pytest.warns(UserWarning, match="jit_compile"):
+    if keras.backend.backend() == "tensorflow":  # TensorFlow's warp has no XLA kernel
+        with pytest.warns(UserWarning, match="jit_compile"):
+            compile_for_training(training, cfg["train"], len(faces))
+    else:  # JAX's warp compiles
         compile_for_training(training, cfg["train"], len(faces))
     targets = keras.utils.to_categorical(np.arange(len(faces)) % 7, 7)
-    assert np.isfinite(training.train_on_batch(faces, targets)[0])  # TensorFlow's warp has no XLA kernel
+    assert np.isfinite(training.train_on_batch(faces, targets)[0])
+
+
+def test_callbacks_log_the_rate_and_clock_follow_the_schedule_and_restore_the_best_weights(faces):
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(7, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+    targets = keras.utils.to_categorical(np.arange(len(faces)) % 7, 7)
+    best = BestWeights(model)
+    seen = []
+
+    class Snapshot(keras.callbacks.Callback):  # the weights at the end of every epoch, after BestWeights ran
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(([w.copy() for w in model.get_weights()], logs["val_accuracy"]))
+
+    fit = model.fit(faces, targets, validation_data=(faces[::-1], targets[::-1]), epochs=4, batch_size=8,
+                    verbose=0, callbacks=[TimeCosine(1e-2, 3600), EpochClock(4), best, Snapshot()])
+    rates, clock = fit.history["learning_rate"], fit.history["wall_seconds"]
+    assert all(1e-3 <= r <= 1e-2 for r in rates) and rates == sorted(rates)  # warming up over the first 3 min
+    assert clock == sorted(clock) and clock[0] > 0
+    weights, score = seen[best.best_epoch - 1]
+    assert score == max(s for _, s in seen)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))
+
+
+PARITY = """
+import json, numpy as np, keras
+from fer_ablate.data.synthetic import make_synthetic_faces
+from fer_ablate.models.augmentation import RandomAffine
+from fer_ablate.models.layers import MirrorAverage
+x, _ = make_synthetic_faces(16, seed=3)
+x = x.astype("float32")[..., None]
+t, s = 0.2, 1.1  # rotation 0.2 rad, zoom 1.1, shift (3, -2) pixels
+matrix = np.array([[s * np.cos(t), -s * np.sin(t), 3.0, s * np.sin(t), s * np.cos(t), -2.0, 0, 0]] * 16, "float32")
+inner = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(7, activation="softmax")])
+rng = np.random.default_rng(0)
+inner.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in inner.get_weights()])
+print(json.dumps({"backend": keras.backend.backend(), "warped": np.asarray(RandomAffine.warp(x, matrix)).tolist(),
+                  "flip": np.asarray(MirrorAverage(inner)(x / 255, training=False)).tolist()}))
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="spawns both backends itself; once is enough")
+def test_warp_and_test_time_flip_give_the_same_numbers_on_tensorflow_and_jax():
+    pytest.importorskip("jax")
+    out = {}
+    for backend in ("tensorflow", "jax"):
+        proc = subprocess.run([sys.executable, "-c", PARITY], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "KERAS_BACKEND": backend})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out[backend]["backend"] == backend
+    warped_tf, warped_jax = (np.array(out[b]["warped"]) for b in ("tensorflow", "jax"))
+    assert np.abs(warped_tf - warped_jax).max() < 0.01  # grey levels 0-255: measured 3e-5
+    assert np.allclose(out["tensorflow"]["flip"], out["jax"]["flip"], atol=1e-6)

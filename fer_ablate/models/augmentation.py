@@ -65,8 +65,13 @@ class RandomAffine(keras.layers.Layer):
         if not training:
             return inputs
         shape = ops.shape(inputs)
-        matrix = self.transform_matrix(shape[0], inputs.shape[1], inputs.shape[2])
-        return ops.image.affine_transform(inputs, matrix, interpolation="bilinear", fill_mode="nearest")
+        return self.warp(inputs, self.transform_matrix(shape[0], inputs.shape[1], inputs.shape[2]))
+
+    @staticmethod
+    def warp(images, matrix):
+        """Resample ``images`` ``[batch, h, w, c]`` through ``matrix`` ``[batch, 8]`` (the deterministic half of
+        ``call``): bilinear, edge pixels repeated. The same numbers on TensorFlow and JAX (tests check both)."""
+        return ops.image.affine_transform(images, matrix, interpolation="bilinear", fill_mode="nearest")
 
     def compute_output_shape(self, input_shape):
         return input_shape

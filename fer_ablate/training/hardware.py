@@ -103,8 +103,8 @@ def choose_precision(requested: str, backend: str, cpu_flags: frozenset[str] | s
     if flags & {"amx_bf16", "avx512_bf16"}:
         native = "AMX" if "amx_bf16" in flags else "AVX512_BF16"
         return "mixed_bfloat16", f"CPU has {native}: oneDNN computes bf16 natively, measured faster than float32"
-    return "float32", "CPU has no bf16 dot-product instructions (no AMX, no AVX512_BF16): bf16 would be emulated, " \
-        "several times slower"
+    return "float32", ("CPU has no bf16 dot-product instructions (no AMX, no AVX512_BF16): bf16 would be emulated, "
+                       "several times slower")
 
 
 def _keras_devices(backend: str) -> tuple[tuple[str, ...], tuple[Gpu, ...]]:

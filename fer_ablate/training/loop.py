@@ -19,7 +19,7 @@ import numpy as np
 from fer_ablate.data import NUM_CLASSES, Dataset
 from fer_ablate.models import MirrorAverage, build_from_config
 from fer_ablate.models.augmentation import RandomAffine
-from fer_ablate.training.hardware import choose_device_count, resolve_precision
+from fer_ablate.training.hardware import choose_device_count, current_machine, resolve_precision
 from fer_ablate.training.metrics import evaluate_probabilities
 
 log = logging.getLogger(__name__)
@@ -236,16 +236,21 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
     """
     devices = data_parallel_devices(cfg["train"].get("devices", "auto"))
     distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
-    # Variables made inside the scope are replicated and each batch is split across the devices.
     replicas = max(len(devices), 1)
+    precision, reason = resolve_precision(cfg["train"]["precision"])
+    machine = current_machine()
+    log.info("training on %s (%s backend%s), precision %s: %s", ", ".join(g.name for g in machine.gpus)
+             or machine.cpu_model, machine.backend, f", data parallel over {replicas} devices" if replicas > 1
+             else "", precision, reason)
     if cfg["train"]["batch_size"] % replicas:
         from fer_ablate.config.settings import ConfigError
 
         raise ConfigError(f"train.batch_size {cfg['train']['batch_size']} must be a multiple of the "
                           f"{replicas} data-parallel devices (train.devices)")
+    # Variables made inside the scope are replicated and each batch is split across the devices.
     with distribution.scope() if distribution else contextlib.nullcontext():
         result = _train(cfg, dataset, callbacks, replicas)
-    result.precision, result.devices = resolve_precision(cfg["train"]["precision"])[0], max(len(devices), 1)
+    result.precision, result.devices = precision, replicas
     return result
 
 
