@@ -3,8 +3,8 @@
 One rule chooses the MLflow experiment, for every command (``train``, ``ablate``, ``kfold``, ``tune``,
 ``report``...), so reports know where to look:
 
-1. inside ``mlflow run``, the launcher's experiment (``mlflow run --experiment-name NAME``; MLflow puts
-   its id in ``MLFLOW_EXPERIMENT_ID`` and has already created the run);
+1. the experiment whose id is in MLflow's ``MLFLOW_EXPERIMENT_ID``: inside ``mlflow run``, the launcher's
+   (``mlflow run --experiment-name NAME``, which has already created the run), or one you set;
 2. else the experiment named by ``--experiment-name`` (``fer-ablate train`` only) or by MLflow's own
    ``MLFLOW_EXPERIMENT_NAME`` environment variable;
 3. else ``fer-ablate``.
@@ -80,10 +80,12 @@ def experiment_name(explicit: str | None = None) -> str:
 
 
 def launcher_experiment_id() -> str | None:
-    """Rule 1: the experiment of the ``mlflow run`` that started this process, if any."""
-    if os.environ.get("MLFLOW_EXPERIMENT_ID") and os.environ.get("MLFLOW_RUN_ID"):
-        return os.environ["MLFLOW_EXPERIMENT_ID"]
-    return None
+    """Rule 1: ``$MLFLOW_EXPERIMENT_ID`` (the experiment of the ``mlflow run`` that started this process).
+
+    Not tied to ``MLFLOW_RUN_ID``: MLflow's ``end_run`` removes that one from the environment once the
+    first run of the process ends, and a report written after the grid must still look where it wrote.
+    """
+    return os.environ.get("MLFLOW_EXPERIMENT_ID") or None
 
 
 def configure(experiment: str | None = None, tracking_uri: str | None = None,
