@@ -44,6 +44,10 @@ def test_smoke_grid_parent_children_and_report(tmp_path):
     assert {c.info.run_name for c in children} == {"paper · seed 1", "paper · seed 2", "kernel5 · seed 1",
                                                    "kernel5 · seed 2"}
     assert all(c.info.status == "FINISHED" for c in children)
+    # The parent's row in the MLflow runs table shows its children's headline numbers.
+    vals = [c.data.metrics["val_accuracy"] for c in children]
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(max(vals))
+    assert parent.data.metrics["mean_val_accuracy"] == pytest.approx(sum(vals) / len(vals))
 
     # Running again resumes: the same parent, nothing to do.
     again = run_experiment(_smoke_copy(tmp_path, "smoke_e2e"))
