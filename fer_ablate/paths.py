@@ -27,6 +27,15 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def default_artifact_root() -> str:
-    """Artifact root for experiments this project creates: ``<project>/mlruns``."""
-    return (project_root() / "mlruns").as_uri()
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifact root for MLflow experiments this project creates: ``mlruns/`` next to a SQLite store's file
+    (``<project>/mlruns`` for the default store; a test's temporary store keeps its artifacts with it);
+    None (the server decides) for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlruns").as_uri()
+
+
+def reports_dir() -> Path:
+    """Folder for reports written without ``--out`` (git-ignored); ``$FER_ABLATE_REPORTS`` wins."""
+    return Path(os.environ.get("FER_ABLATE_REPORTS", project_root() / "reports"))

@@ -23,6 +23,7 @@ def isolated_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["FER_ABLATE_CACHE"] = str(root / "cache")
+    os.environ["FER_ABLATE_REPORTS"] = str(root / "reports")  # reports written without --out
     os.environ.pop("FER_DATA", None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     yield root

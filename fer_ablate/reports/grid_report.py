@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
 from fer_ablate.data import CLASS_NAMES  # noqa: E402
-from fer_ablate.paths import project_root  # noqa: E402
+from fer_ablate.paths import reports_dir  # noqa: E402
 from fer_ablate.reports.document import Report  # noqa: E402
 from fer_ablate.reports.plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion, save_figure  # noqa: E402
 from fer_ablate.reports.stats import mean_std, paired_effect  # noqa: E402
@@ -244,7 +244,7 @@ def write_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     the grid's parent run under ``report/``, and return the folder. Raises TrackingError when no grid ran."""
     name = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
     parent, plan, variants = collect(name, tracking_uri)
-    folder = Path(out_dir) if out_dir else project_root() / "reports" / name
+    folder = Path(out_dir) if out_dir else reports_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
     images = [_plot_accuracy(variants, folder / "accuracy.png"),
               _plot_curves(variants, folder / "learning_curves.png"),

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
-from fer_ablate.paths import project_root  # noqa: E402
+from fer_ablate.paths import reports_dir  # noqa: E402
 from fer_ablate.reports.document import Report  # noqa: E402
 from fer_ablate.reports.grid_report import EFFECT_COLUMNS, finish_plot  # noqa: E402
 from fer_ablate.reports.plots import save_figure  # noqa: E402
@@ -190,7 +190,7 @@ def _plot_differences(effects: list[tuple[FoldScores, FoldScores, PairedEffect |
 def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_uri: str | None = None) -> Path:
     """Write report.md, report.html and PNGs for a k-fold group or variant, and log them to its run."""
     name, run_id, variants = collect(target, tracking_uri)
-    folder = Path(out_dir) if out_dir else project_root() / "reports" / f"kfold-{name}"
+    folder = Path(out_dir) if out_dir else reports_dir() / f"kfold-{name}"
     folder.mkdir(parents=True, exist_ok=True)
     effects = [(a, b, fold_effect(a, b)) for a, b in pairs(variants)]
     images = [_plot_folds(variants, folder / "kfold_accuracy.png")]

@@ -29,7 +29,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from fer_ablate.paths import default_artifact_root, default_tracking_uri, project_root
+from fer_ablate.paths import artifact_root, default_tracking_uri, project_root
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def configure(experiment: str | None = None, tracking_uri: str | None = None,
     try:
         found = mlflow.get_experiment_by_name(name)
         if found is None:
-            artifacts = default_artifact_root() + f"/{name}" if uri.startswith("sqlite:") else None
+            root = artifact_root(uri)
+            artifacts = f"{root}/{name}" if root else None
             try:
                 created = mlflow.create_experiment(name, artifact_location=artifacts,
                                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})

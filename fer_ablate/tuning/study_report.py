@@ -20,7 +20,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
 from fer_ablate.config.settings import flatten, to_yaml  # noqa: E402
-from fer_ablate.paths import project_root  # noqa: E402
+from fer_ablate.paths import reports_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 PLOTS = {
@@ -69,7 +69,7 @@ def report_study(study_name: str, storage: Any, parent_run_id: str | None = None
     summary: dict[str, Any] = {"study": study_name, "trials": len(trials), "states": counts}
     metrics = {f"trials_{k.lower()}": v for k, v in counts.items()}
     texts: dict[str, str] = {}
-    folder = project_root() / "reports" / "tuning" / study_name
+    folder = reports_dir() / "tuning" / study_name
     folder.mkdir(parents=True, exist_ok=True)
     if counts["COMPLETE"]:
         best = study.best_trial
