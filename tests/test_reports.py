@@ -107,3 +107,8 @@ def test_report_looks_in_the_rules_mlflow_experiment_and_says_where_else(monkeyp
         write_report("lost", out_dir=tmp_path)
     with pytest.raises(tracking.TrackingError, match="no ablation run named 'never'.*fer-ablate ablate"):
         write_report("never", out_dir=tmp_path)
+    _run(MlflowClient(), elsewhere, "grp", {"fer_ablate_kind": "kfold-group", "fer_ablate_name": "lost_grp"})
+    with pytest.raises(tracking.TrackingError, match="kfold-group run named 'lost_grp'.*'reports-elsewhere'"):
+        write_kfold_report("lost_grp", out_dir=tmp_path)
+    with pytest.raises(tracking.TrackingError, match="no kfold run named 'never'.*fer-ablate kfold --variant never"):
+        write_kfold_report("never", out_dir=tmp_path)

@@ -71,9 +71,13 @@ def collect(target: str, tracking_uri: str | None = None) -> tuple[str, str, lis
     else:
         try:
             run = tracking.find_parent(GROUP_KIND, target, f"fer-ablate kfold --experiment {target}")
-        except tracking.TrackingError:
-            run = tracking.find_parent(KIND, target, f"fer-ablate kfold --variant {target} (or --experiment "
-                                       f"{target})")
+        except tracking.TrackingError as no_group:
+            try:
+                run = tracking.find_parent(KIND, target, f"fer-ablate kfold --variant {target} (or --experiment "
+                                           f"{target})")
+            except tracking.TrackingError as no_variant:
+                # A group found in another MLflow experiment says more than "no variant run".
+                raise (no_group if "but there is one" in str(no_group) else no_variant) from None
     name = run.data.tags.get("fer_ablate_name", target)
     if run.data.tags.get("fer_ablate_kind") == KIND:
         return name, run.info.run_id, [FoldScores.from_run(run)]
