@@ -17,7 +17,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from fer_ablate.config.settings import ConfigError
+from fer_ablate.config.errors import ConfigError
 
 MAX_NAME_LENGTH = 120  # file systems allow 255 bytes per name; 120 characters leave room for suffixes in UTF-8
 FORBIDDEN = '/\\:*?"<>|'  # path separators and the characters Windows refuses in file names

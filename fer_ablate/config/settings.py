@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from fer_ablate.config.errors import ConfigError  # defined apart: config.names needs it without Keras
+
 CONF_DIR = Path(__file__).parent
 DEFAULTS_FILE = CONF_DIR / "defaults.yaml"
 VARIANTS_FILE = CONF_DIR / "variants.yaml"
@@ -154,10 +156,6 @@ class Settings(_Section):
 
 
 SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in Settings.model_fields.items()}
-
-
-class ConfigError(ValueError):
-    """A configuration file, variant or override is invalid; the message names the key."""
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -40,6 +40,7 @@ from fer_ablate.tracking.queries import (  # noqa: F401
     read_json,
     read_text,
     search_runs,
+    tag_filter,
 )
 from fer_ablate.tracking.records import (  # noqa: F401
     MODEL_NAME,

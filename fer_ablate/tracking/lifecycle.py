@@ -22,6 +22,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from fer_ablate.tracking.queries import tag_filter
 from fer_ablate.tracking.store import source_tags
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume"
@@ -96,7 +97,7 @@ def direct_children(parent_run_id: str) -> list[Any]:
     """Runs whose ``mlflow.parentRunId`` is ``parent_run_id`` (any status)."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50000)
+    return client.search_runs([experiment_id], tag_filter({"mlflow.parentRunId": parent_run_id}), max_results=50000)
 
 
 def summarize_children(parent_run_id: str, metric: str = HEADLINE_METRIC) -> dict[str, float]:
@@ -232,7 +233,7 @@ def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] |
     marker = {"fer_ablate_kind": kind, "fer_ablate_name": name, **(key_tags or {})}
     run_id = os.environ.get("MLFLOW_RUN_ID") if use_launcher_run else None
     if not run_id:
-        query = " and ".join(f"tags.{k} = '{v}'" for k, v in marker.items())
+        query = tag_filter(marker)  # names with ' are quoted, or a resumed grid would not find its parent
         found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             run_id = found[0].info.run_id
@@ -250,7 +251,7 @@ def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] |
 def child_runs(experiment_id: str, kind: str, name: str) -> list[Any]:
     """Every child run of every parent of ``kind``/``name`` in the experiment, newest first."""
     return MlflowClient().search_runs(
-        [experiment_id], f"tags.fer_ablate_kind = '{kind}-child' and tags.fer_ablate_name = '{name}'",
+        [experiment_id], tag_filter({"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name}),
         order_by=["attributes.start_time DESC"], max_results=50000)
 
 

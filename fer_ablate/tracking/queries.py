@@ -16,6 +16,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from fer_ablate.config.names import quote_filter_value
 from fer_ablate.paths import default_tracking_uri
 from fer_ablate.tracking.store import TrackingError, experiment_name, launcher_experiment_id
 
@@ -41,12 +42,22 @@ def project_experiment_ids() -> list[str]:
 
 def search_runs(filter_string: str, experiment_ids: list[str] | None = None, newest_first: bool = True,
                 max_results: int = 50000) -> list[Run]:
-    """Runs matching an MLflow filter (``tags.x = 'y'``) in ``experiment_ids`` (default: the project's)."""
+    """Runs matching an MLflow filter (``tags.x = 'y'``, build it with ``tag_filter``) in ``experiment_ids``
+    (default: the project's)."""
     ids = project_experiment_ids() if experiment_ids is None else experiment_ids
     if not ids:
         return []
     order = NEWEST_FIRST if newest_first else ["attributes.start_time ASC"]
     return MlflowClient().search_runs(ids, filter_string, order_by=order, max_results=max_results)
+
+
+def tag_filter(tags: dict[str, str]) -> str:
+    """An MLflow filter string matching runs that carry every one of ``tags`` (``tags.k = 'v' and ...``).
+
+    Values are quoted by ``config.names.quote_filter_value`` (a name with ``'`` is put in double quotes;
+    MLflow's parser has no escape character); keys are ours. Raises ValueError for a value holding both quotes.
+    """
+    return " and ".join(f"tags.{key} = {quote_filter_value(str(value))}" for key, value in tags.items())
 
 
 def find_parent(kind: str, name: str, hint: str) -> Run:
@@ -55,7 +66,7 @@ def find_parent(kind: str, name: str, hint: str) -> Run:
     Raises TrackingError naming the MLflow experiment searched and ``hint`` (the command that makes such a
     run); when the run exists in another MLflow experiment, the message says which and how to point there.
     """
-    query = f"tags.fer_ablate_kind = '{kind}' and tags.fer_ablate_name = '{name}'"
+    query = tag_filter({"fer_ablate_kind": kind, "fer_ablate_name": name})
     found = search_runs(query, max_results=1)
     if found:
         return found[0]

@@ -29,6 +29,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from fer_ablate.config.names import safe_name
 from fer_ablate.paths import artifact_root, default_tracking_uri, project_root
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
@@ -75,8 +76,12 @@ def tracking_uri() -> str:
 
 
 def experiment_name(explicit: str | None = None) -> str:
-    """Rules 2 and 3 of the module docstring: ``explicit``, else ``$MLFLOW_EXPERIMENT_NAME``, else fer-ablate."""
-    return explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    """Rules 2 and 3 of the module docstring: ``explicit``, else ``$MLFLOW_EXPERIMENT_NAME``, else fer-ablate.
+
+    The name is checked by ``config.names.safe_name`` (ConfigError naming it and the problem): it becomes
+    the experiment's artifact folder under ``mlruns/`` and a value in MLflow searches.
+    """
+    return safe_name(explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, "MLflow experiment")
 
 
 def launcher_experiment_id() -> str | None:

@@ -1,0 +1,8 @@
+"""The configuration error, in a module of its own so that rooms which must not load Keras (tracking,
+reports) can check names (``config.names``) without importing ``config.settings`` and its model check."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration file, variant or override is invalid; the message names the key."""
