@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fer_ablate.config.names import safe_name
 from fer_ablate.config.settings import (
     ConfigError,
     config_hash,
@@ -100,7 +101,7 @@ def _levels(path: Path, factor: str, spec: Any, variants: dict) -> dict[str, dic
             raise ConfigError(f"{where}: unknown variant(s) {unknown}; known variants: {', '.join(sorted(variants))}")
         levels = {v: variants[v]["overrides"] for v in spec}
     elif isinstance(spec, dict) and all(isinstance(v, dict) for v in spec.values()):
-        levels = {str(k): flatten(v) for k, v in spec.items()}
+        levels = {safe_name(str(k), "level", where): flatten(v) for k, v in spec.items()}  # labels: see names
     else:
         raise ConfigError(f"{where}: expected a list of variant names or a mapping level -> overrides")
     if len(levels) < 2:
@@ -135,8 +136,11 @@ def load_experiment_file(name_or_path: str) -> ExperimentFile:
         if not isinstance(step, dict) or set(step) - allowed or "name" not in step:
             raise ConfigError(f"{path}: steps[{i}]: expected {{name, variant?, overrides?, description?}}, "
                               f"got {step!r}")
+        step["name"] = safe_name(str(step["name"]), "step", f"{path}: steps[{i}]")  # a label, like a level
+    # Checked once, here: the name tags the grid's runs (MLflow searches) and names its report folder.
+    name = safe_name(raw.get("name", path.stem), "experiment file", path)
     experiment = ExperimentFile(
-        name=raw.get("name", path.stem), description=raw.get("description", ""), base=base, design=design,
+        name=name, description=raw.get("description", ""), base=base, design=design,
         seeds=seeds, data=raw.get("data"), fixed=flatten(raw.get("fixed") or {}),
         nuisance=flatten(raw.get("nuisance") or {}), factors=factors, steps=steps, path=path,
     )

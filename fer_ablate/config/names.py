@@ -24,16 +24,18 @@ FORBIDDEN = '/\\:*?"<>|'  # path separators and the characters Windows refuses i
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
-def safe_name(name: object, kind: str) -> str:
+def safe_name(name: object, kind: str, where: str | Path | None = None) -> str:
     """``name`` in NFC form when it can be a file name and an MLflow filter value; ConfigError otherwise.
 
-    ``kind`` ("experiment", "study", "variant"...) starts the message. Refused: empty or non-text names,
+    ``kind`` ("experiment", "study", "variant"...) starts the message, after ``where`` (the file that
+    holds the name, when there is one). Refused: empty or non-text names,
     more than ``MAX_NAME_LENGTH`` characters, control characters, any of ``/ \\ : * ? " < > |``, a name
     starting with ``.`` (hidden, or ``..``), leading or trailing spaces, a trailing dot, and Windows device
     names (``CON``, ``NUL``...).
     """
+    prefix = f"{where}: " if where else ""
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{kind} name must be non-empty text, got {name!r}")
+        raise ConfigError(f"{prefix}{kind} name must be non-empty text, got {name!r}")
     text = unicodedata.normalize("NFC", name)
     problem = None
     bad = sorted({c for c in text if c in FORBIDDEN})
@@ -50,7 +52,8 @@ def safe_name(name: object, kind: str) -> str:
     elif text.split(".")[0].upper() in WINDOWS_RESERVED:
         problem = "is a Windows device name"
     if problem:
-        raise ConfigError(f"{kind} name {name!r} {problem}: use letters, digits, spaces, - _ . ' # and the like")
+        raise ConfigError(f"{prefix}{kind} name {name!r} {problem}: "
+                          "use letters, digits, spaces, - _ . ' # and the like")
     return text
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fer_ablate.config.names import safe_name
 from fer_ablate.config.settings import (
     ConfigError,
     apply_overrides,
@@ -130,7 +131,8 @@ def load_space(name_or_path: str) -> SearchSpace:
             if cond_key not in keys and cond_key not in fixed:
                 raise ConfigError(f"{path}: params.{p.key}: condition on '{cond_key}', which is neither a "
                                   "parameter nor fixed")
-    return SearchSpace(raw.get("name", path.stem), raw.get("description", ""), base, raw.get("metric", "val_accuracy"),
+    name = safe_name(raw.get("name", path.stem), "search space", path)  # the default study name: see names
+    return SearchSpace(name, raw.get("description", ""), base, raw.get("metric", "val_accuracy"),
                        direction, sampler, pruner, epochs, fixed, params, path, _folds(path, raw.get("folds"), pruner),
                        _prune_on(path, raw.get("prune_on", raw.get("metric", "val_accuracy"))))
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fer_ablate.config.errors import ConfigError  # defined apart: config.names needs it without Keras
+from fer_ablate.config.names import safe_name
 
 CONF_DIR = Path(__file__).parent
 DEFAULTS_FILE = CONF_DIR / "defaults.yaml"
@@ -355,7 +356,8 @@ def load_variants(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}: expected a mapping of variant names to {{description, overrides}}")
     defaults = load_defaults()
     variants = {}
-    for name, body in raw.items():
+    for key, body in raw.items():
+        name = safe_name(key, "variant", path)  # a run label, a file name in reports, an MLflow search value
         if not isinstance(body, dict) or set(body) - {"description", "overrides"}:
             raise ConfigError(
                 f"{path}: variant '{name}' must be a mapping with keys description and overrides, got {body!r}"

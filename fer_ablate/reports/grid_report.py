@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
+from fer_ablate.config.names import path_under, safe_name  # noqa: E402
 from fer_ablate.data import CLASS_NAMES  # noqa: E402
 from fer_ablate.paths import reports_dir  # noqa: E402
 from fer_ablate.reports.document import Report  # noqa: E402
@@ -199,7 +200,7 @@ def _confusions(variants: list[VariantRuns], folder: Path) -> list[Path]:
                 total += np.array(found["matrix"])
         if total.sum():
             paths.append(plot_confusion(total, f"{v.label}: validation, summed over seeds",
-                                        folder / f"confusion_{v.label}.png"))
+                                        path_under(folder, f"confusion_{v.label}.png")))  # a tag's label
     return paths
 
 
@@ -242,9 +243,10 @@ def write_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     """Build the report of the grid of experiment file ``experiment`` (a name, or a path whose stem is the
     name), write report.md, report.html and PNGs to ``out_dir`` (default ``reports/<name>/``), log them to
     the grid's parent run under ``report/``, and return the folder. Raises TrackingError when no grid ran."""
-    name = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
+    name = safe_name(Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment,
+                     "experiment file")  # as load_experiment_file checked it (NFC), and refused before any search
     parent, plan, variants = collect(name, tracking_uri)
-    folder = Path(out_dir) if out_dir else reports_dir() / name
+    folder = Path(out_dir) if out_dir else path_under(reports_dir(), name)
     folder.mkdir(parents=True, exist_ok=True)
     images = [_plot_accuracy(variants, folder / "accuracy.png"),
               _plot_curves(variants, folder / "learning_curves.png"),

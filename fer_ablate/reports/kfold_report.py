@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
+from fer_ablate.config.names import path_under  # noqa: E402
 from fer_ablate.paths import reports_dir  # noqa: E402
 from fer_ablate.reports.document import Report  # noqa: E402
 from fer_ablate.reports.grid_report import EFFECT_COLUMNS, finish_plot  # noqa: E402
@@ -81,7 +82,7 @@ def collect(target: str, tracking_uri: str | None = None) -> tuple[str, str, lis
     name = run.data.tags.get("fer_ablate_name", target)
     if run.data.tags.get("fer_ablate_kind") == KIND:
         return name, run.info.run_id, [FoldScores.from_run(run)]
-    members = tracking.search_runs(f"tags.kfold_group_run = '{run.info.run_id}'", [run.info.experiment_id],
+    members = tracking.search_runs(tracking.tag_filter({"kfold_group_run": run.info.run_id}), [run.info.experiment_id],
                                    newest_first=False)
     by_label: dict[str, FoldScores] = {}
     for member in members:  # oldest first: a later parent of the same label (other settings) wins
@@ -194,7 +195,7 @@ def _plot_differences(effects: list[tuple[FoldScores, FoldScores, PairedEffect |
 def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_uri: str | None = None) -> Path:
     """Write report.md, report.html and PNGs for a k-fold group or variant, and log them to its run."""
     name, run_id, variants = collect(target, tracking_uri)
-    folder = Path(out_dir) if out_dir else reports_dir() / f"kfold-{name}"
+    folder = Path(out_dir) if out_dir else path_under(reports_dir(), f"kfold-{name}")  # name: a run's tag
     folder.mkdir(parents=True, exist_ok=True)
     effects = [(a, b, fold_effect(a, b)) for a, b in pairs(variants)]
     images = [_plot_folds(variants, folder / "kfold_accuracy.png")]

@@ -81,7 +81,11 @@ def experiment_name(explicit: str | None = None) -> str:
     The name is checked by ``config.names.safe_name`` (ConfigError naming it and the problem): it becomes
     the experiment's artifact folder under ``mlruns/`` and a value in MLflow searches.
     """
-    return safe_name(explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, "MLflow experiment")
+    if explicit:
+        return safe_name(explicit, "MLflow experiment (--experiment-name)")
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return safe_name(os.environ["MLFLOW_EXPERIMENT_NAME"], "MLflow experiment ($MLFLOW_EXPERIMENT_NAME)")
+    return DEFAULT_EXPERIMENT
 
 
 def launcher_experiment_id() -> str | None:

@@ -25,6 +25,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from fer_ablate import tracking
+from fer_ablate.config.names import safe_name
 from fer_ablate.config.search_space import SearchSpace, active, load_space
 from fer_ablate.config.settings import ConfigError, config_hash, resolve_config
 from fer_ablate.data import Dataset, load_dataset
@@ -375,7 +376,7 @@ def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None 
     space = load_space(space_name)
     extra = extra or {}
     check_trial_config(space, extra)
-    study_name = study_name or space.name
+    study_name = safe_name(study_name or space.name, "study")  # an MLflow search value and a reports/ folder
     if workers > 1 and storage is None:
         storage = f"journal:{project_root() / 'optuna-journal.log'}"  # SQLite is for one process only
     if workers > 1 and storage.startswith("sqlite"):

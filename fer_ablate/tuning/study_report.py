@@ -7,6 +7,7 @@ that ``fer-ablate train --variant-file FILE --variant NAME`` runs again.
 from __future__ import annotations
 
 import logging
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from fer_ablate import tracking  # noqa: E402
+from fer_ablate.config.names import path_under  # noqa: E402
 from fer_ablate.config.settings import flatten, to_yaml  # noqa: E402
 from fer_ablate.paths import reports_dir  # noqa: E402
 
@@ -69,7 +71,7 @@ def report_study(study_name: str, storage: Any, parent_run_id: str | None = None
     summary: dict[str, Any] = {"study": study_name, "trials": len(trials), "states": counts}
     metrics = {f"trials_{k.lower()}": v for k, v in counts.items()}
     texts: dict[str, str] = {}
-    folder = reports_dir() / "tuning" / study_name
+    folder = path_under(reports_dir(), "tuning", study_name)  # tune-report's --study-name is not checked before
     folder.mkdir(parents=True, exist_ok=True)
     if counts["COMPLETE"]:
         best = study.best_trial
@@ -77,7 +79,8 @@ def report_study(study_name: str, storage: Any, parent_run_id: str | None = None
         metrics["best_value"] = best.value
         variant = best_variant(study, study_name)
         (folder / "best_variant.yaml").write_text(
-            f"# fer-ablate train --variant-file {folder / 'best_variant.yaml'} --variant {study_name}_best\n"
+            f"# fer-ablate train --variant-file {shlex.quote(str(folder / 'best_variant.yaml'))} "
+            f"--variant {shlex.quote(study_name + '_best')}\n"
             + to_yaml(variant))
         summary["best_variant_file"] = str(folder / "best_variant.yaml")
         texts["best_variant.yaml"] = (folder / "best_variant.yaml").read_text()
