@@ -48,7 +48,10 @@ def curves(run_ids: list[str]) -> dict[str, tuple[str, list[float], list[float]]
     for run_id in run_ids:
         run = tracking.get_run(run_id)
         history = json.loads(tracking.read_text(run_id, "metrics/history.json"))
-        out[run_id] = (run.data.tags.get("variant", run_id[:8]), history["wall_seconds"], history["val_accuracy"])
+        tags = run.data.tags  # each run's own machine record: figures of different machine kinds do not mix
+        label = (f"{tags.get('variant', run_id[:8])} ({tags.get('machine.cpu_model', '?')}, "
+                 f"{tags.get('machine.cpu_flags', '?')}, {tags.get('precision_resolved', '?')})")
+        out[run_id] = (label, history["wall_seconds"], history["val_accuracy"])
     return out
 
 
