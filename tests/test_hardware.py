@@ -97,8 +97,10 @@ def test_device_count_rules():
     assert choose_device_count("auto", "jax", 4, 4) == 4  # every GPU
     assert choose_device_count("all", "jax", 2, 0) == 2
     assert choose_device_count(2, "jax", 2, 0) == 2
-    with pytest.raises(ValueError, match="only 1 tensorflow device"):
+    with pytest.raises(ValueError, match="needs the JAX backend"):
         choose_device_count(2, "tensorflow", 1, 0)
+    with pytest.raises(ValueError, match="only 2 jax device"):
+        choose_device_count(4, "jax", 2, 0)
     with pytest.raises(ValueError, match="needs the JAX backend"):
         choose_device_count("all", "tensorflow", 2, 2)
     with pytest.raises(ValueError, match="auto, all or a count"):

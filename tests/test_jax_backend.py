@@ -73,7 +73,7 @@ def test_two_virtual_devices_run_finishes_with_its_metrics_and_parameter_count(j
     assert run.data.metrics["param_count"] == one_device
 
 
-def test_more_devices_than_the_backend_has_is_refused():
+def test_impossible_device_request_is_refused_before_training():
     from fer_ablate.config.settings import ConfigError
     from fer_ablate.data import Dataset
     from fer_ablate.data.synthetic import make_synthetic_faces

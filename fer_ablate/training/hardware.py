@@ -200,11 +200,11 @@ def choose_device_count(request: str | int, backend: str, available: int, accele
         count = int(text)
     else:
         raise ValueError(f"train.devices must be auto, all or a count >= 1, got {request!r}")
-    if count > available:
-        raise ValueError(f"train.devices={request}: only {available} {backend} device(s) visible")
     if count > 1 and backend != "jax":
         raise ValueError(f"train.devices={request} needs the JAX backend (KERAS_BACKEND=jax); this process runs "
                          f"{backend}, which Keras' DataParallel does not distribute")
+    if count > available:
+        raise ValueError(f"train.devices={request}: only {available} {backend} device(s) visible")
     return count
 
 
