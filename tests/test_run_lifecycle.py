@@ -139,13 +139,16 @@ MATRIX = [pytest.param(cmd, sig, workers, id=f"{cmd}-{sig.name}-w{workers}",
 def test_signal_ends_every_run_and_a_rerun_resumes_only_what_is_missing(tmp_path, command, sig, workers):
     case = Case(command, workers, tmp_path, f"{command}_{sig.name}_{workers}")
     proc, err = _launch(case.argv, tmp_path)
-    _wait_for_running_child(case.children, proc, err)
+    running = {c.info.run_id for c in _wait_for_running_child(case.children, proc, err)}
     proc.send_signal(sig)
     assert proc.wait(timeout=180) == 130, err.read_text()[-3000:]
 
     children = case.children()
     assert not [c for c in children if c.info.status == "RUNNING"], "a child was left RUNNING"
-    assert [c for c in children if c.info.status == "KILLED"], "the child running at the signal must end KILLED"
+    # The children seen RUNNING end KILLED (never FAILED), unless one finished in the instant before the
+    # signal landed (a tiny run's last second: rare, but a kill test must not flake on it).
+    states = {c.info.run_id: c.info.status for c in children if c.info.run_id in running}
+    assert set(states.values()) <= {"KILLED", "FINISHED"}, states
     parent = case.parent()
     assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags["error"]
     if command == "tune":
