@@ -12,7 +12,9 @@ from fer_ablate.logs import configure_logging
 
 
 def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
-    """Treat SIGTERM like Ctrl-C so runs end KILLED instead of staying RUNNING."""
+    """Treat SIGTERM like Ctrl-C so runs end KILLED instead of staying RUNNING; repeats are ignored, so a
+    second SIGTERM cannot interrupt the clean-up (stopping workers, ending runs) the first one started."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -365,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (TrackingError, StorageError)):
             print(f"fer-ablate: error: {exc}", file=sys.stderr)
             return 3
+        if type(exc).__name__ == "StudyFailing":  # tuning.study's; named, not imported: no Optuna here
+            print(f"fer-ablate: error: {exc}", file=sys.stderr)
+            return 1
         raise
 
 
