@@ -276,8 +276,8 @@ def test_promote_failing_on_a_finished_run_leaves_it_finished(tmp_path):
     ctx = tracking.open_context(experiment_id=experiment_id)
     run_id, _ = train_and_track(resolve_config("paper", {**TINY, "data.source": "synthetic"}), ctx=ctx)
     assert client.get_run(run_id).info.status == "FINISHED"
-    # A deleted MLflow experiment keeps its runs readable (the Keras model loads) but takes no new logged
-    # model: logging the photo model fails inside promote, after the run's model was read.
+    # A deleted MLflow experiment keeps its runs readable (the Keras model loads) but refuses new model
+    # outputs: logging the photo model fails inside MLflow's Model.log, after the run's model was read.
     client.delete_experiment(experiment_id)
     with pytest.raises(Exception, match="(?i)experiment|deleted|active"):
         promote(run_id, name="promote-fails")
