@@ -53,8 +53,12 @@ def log_python_model(run_id: str, name: str, python_model: str, signature: Model
     train it again). The status is checked afterwards and restored should anything have moved it.
     """
     client = MlflowClient()
-    status = client.get_run(run_id).info.status
+    run = client.get_run(run_id)
+    status = run.info.status
     try:
+        # Model.log puts the logged model in the process's current MLflow experiment (default: "0", whose
+        # artifacts land in ./mlruns/0), not the run's: point it at the run's experiment (starts no run).
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
         info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                          python_model=python_model, signature=signature, **kwargs)
     finally:
