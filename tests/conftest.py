@@ -26,7 +26,16 @@ def isolated_stores(tmp_path_factory):
     os.environ["FER_ABLATE_REPORTS"] = str(root / "reports")  # reports written without --out
     os.environ.pop("FER_DATA", None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    before = _project_outputs()
     yield root
+    leaked = sorted(_project_outputs() - before)
+    assert not leaked, f"tests wrote into the project tree: {leaked[:10]}"
+
+
+def _project_outputs() -> set[str]:
+    """What sits in the project's own output folders (tests must leave them as they found them)."""
+    found = {str(p.relative_to(PROJECT)) for folder in ("mlruns", "reports") for p in (PROJECT / folder).glob("*")}
+    return found | {name for name in ("mlflow.db", "optuna.db", "optuna-journal.log") if (PROJECT / name).exists()}
 
 
 def fer_row(label: int, usage: str, rng: np.random.Generator) -> str:
