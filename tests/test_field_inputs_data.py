@@ -488,8 +488,11 @@ def test_hidden_files_ignored_and_unused_files_counted_and_recorded(tmp_path, ca
     summary = [r.getMessage() for r in caplog.records if "not loaded:" in r.getMessage()]
     assert len(summary) == 1
     assert "3 file in a sub-folder of a class folder" in summary[0] and "1 unsupported file type (.psd)" in summary[0]
-    mlflow.set_experiment("field-inputs-data")
-    with mlflow.start_run() as run:
+    # An MLflow experiment of its own with artifacts in tmp_path (set_experiment would put them in ./mlruns
+    # and export MLFLOW_EXPERIMENT_ID to every later test).
+    experiment_id = mlflow.MlflowClient().create_experiment(f"field-inputs-data-{tmp_path.name}",
+                                                            artifact_location=(tmp_path / "mlruns").as_uri())
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         log_dataset(ds)
     recorded = mlflow.get_run(run.info.run_id)
     assert recorded.data.metrics["data_skipped_rows"] == sum(expected.values())

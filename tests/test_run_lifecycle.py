@@ -288,3 +288,5 @@ def test_promote_failing_on_a_finished_run_leaves_it_finished(tmp_path):
     with pytest.raises(Exception):  # noqa: B017  (whatever the artifact store raises; the point is the state)
         promote(run_id, name="promote-fails")
     assert client.get_run(run_id).info.status == "FINISHED"
+    # Nor does promote leave its MLflow experiment exported: later runs of this process would go there.
+    assert os.environ.get("MLFLOW_EXPERIMENT_ID") is None

@@ -8,11 +8,13 @@ Knows nothing of photos or Keras: ``inference/registered.py`` composes these int
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
@@ -55,13 +57,20 @@ def log_python_model(run_id: str, name: str, python_model: str, signature: Model
     client = MlflowClient()
     run = client.get_run(run_id)
     status = run.info.status
+    exported = os.environ.get(MLFLOW_EXPERIMENT_ID.name)
     try:
         # Model.log puts the logged model in the process's current MLflow experiment (default: "0", whose
-        # artifacts land in ./mlruns/0), not the run's: point it at the run's experiment (starts no run).
-        mlflow.set_experiment(experiment_id=run.info.experiment_id)
+        # artifacts land in ./mlruns/0), not the run's. MLflow reads that from MLFLOW_EXPERIMENT_ID when no
+        # experiment is active; set it for this call only (set_experiment would stay active and exported,
+        # sending every later run of this process, and of its subprocesses, to this experiment).
+        os.environ[MLFLOW_EXPERIMENT_ID.name] = run.info.experiment_id
         info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                          python_model=python_model, signature=signature, **kwargs)
     finally:
+        if exported is None:
+            os.environ.pop(MLFLOW_EXPERIMENT_ID.name, None)
+        else:
+            os.environ[MLFLOW_EXPERIMENT_ID.name] = exported
         if client.get_run(run_id).info.status != status:
             client.set_terminated(run_id, status)
     return info.model_uri
