@@ -153,13 +153,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_tune_report(args: argparse.Namespace) -> int:
     """Log a study's best trial, plots and best variant to its parent run (again)."""
     from fer_ablate import tracking
+    from fer_ablate.config.names import safe_name
     from fer_ablate.tuning.study import KIND, default_storage, open_storage
     from fer_ablate.tuning.study_report import report_study
 
-    experiment_id = tracking.configure(tracking_uri=args.tracking_uri)
-    parent = tracking.open_parent(experiment_id, KIND, args.study_name)
-    summary = report_study(args.study_name, open_storage(args.storage or default_storage()), parent)
-    tracking.end_run_by_id(parent, "FINISHED")
+    study_name = safe_name(args.study_name, "study")  # before any run is opened under that name
+    storage = open_storage(args.storage or default_storage())
+    ctx = tracking.open_context(tracking_uri=args.tracking_uri)
+    # The study's workers may still run elsewhere: their trial runs are not ours to end.
+    with tracking.parent_run(ctx, KIND, study_name, own_children=False) as parent:
+        summary = report_study(study_name, storage, parent.run_id)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -92,7 +92,7 @@ def test_bad_names_in_an_experiment_file_are_refused_before_any_run(tmp_path, ca
     path = _experiment_file(tmp_path, stem, name, **extra)
     before = len(_all_runs())
     assert main(["ablate", "--experiment", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own first-use lines
     assert "\n" not in err and err.startswith(f"fer-ablate: error: {path}") and shown in err
     assert problem.replace("\\", "") in err
     assert len(_all_runs()) == before
@@ -103,13 +103,13 @@ def test_bad_variant_experiment_and_study_names_are_refused(tmp_path, capsys, mo
     variants = tmp_path / "variants.yaml"
     variants.write_text("../up: {description: x, overrides: {train.epochs: 1}}\n")
     assert main(["train", "--variant-file", str(variants), "--variant", "../up"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own first-use lines
     assert err == (f"fer-ablate: error: {variants}: variant name '../up' holds / (names become file names and "
                    "MLflow search values): use letters, digits, spaces, - _ . ' # and the like")
 
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     assert main(["train", "--experiment-name", "../x", *sets]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own first-use lines
     assert "\n" not in err and "MLflow experiment (--experiment-name) name '../x' holds /" in err
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team/x")
@@ -156,3 +156,15 @@ def test_study_named_with_quote_creates_resumes_and_reports(tmp_path):
     header = best.read_text(encoding="utf-8").splitlines()[0]
     assert shlex.split(header.removeprefix("# ")) == ["fer-ablate", "train", "--variant-file", str(best),
                                                         "--variant", f"{name}_best"]
+
+    # tune-report finds the same study and parent again, and ends that parent FINISHED (not a new run).
+    assert main(["tune-report", "--study-name", name, "--storage", storage]) == 0
+    again = MlflowClient().search_runs(ids, tracking.tag_filter({"fer_ablate_kind": "study", "fer_ablate_name": name}))
+    assert [r.info.run_id for r in again] == [parents[0].info.run_id] and again[0].info.status == "FINISHED"
+
+
+def test_tune_report_refuses_a_bad_study_name_before_any_run(tmp_path, capsys):
+    before = len(_all_runs())
+    assert main(["tune-report", "--study-name", "../s", "--storage", f"sqlite:///{tmp_path / 'o.db'}"]) == 2
+    assert "study name '../s'" in capsys.readouterr().err
+    assert len(_all_runs()) == before
