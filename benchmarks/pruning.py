@@ -39,7 +39,7 @@ SPACE = {
 def study(folder: Path, name: str, sampler: dict, pruner: dict, trials: int, epochs: int, samples: int,
           prune_on: str = "val_accuracy") -> dict:
     """Run one study of ``trials`` through the framework; its best value, epochs consumed and trial states."""
-    from fer_ablate.tuning.study import run_study
+    from fer_ablate.tuning.study import StudyRequest, run_study
 
     space = {**SPACE, "name": name, "sampler": sampler, "pruner": pruner, "epochs": epochs, "prune_on": prune_on,
              "fixed": {**SPACE["fixed"], "data.synthetic_samples": samples}}
@@ -47,7 +47,7 @@ def study(folder: Path, name: str, sampler: dict, pruner: dict, trials: int, epo
     path.write_text(yaml.safe_dump(space))
     storage = f"sqlite:///{folder / 'optuna.db'}"
     start = time.perf_counter()
-    summary = run_study(str(path), n_trials=trials, storage=storage)
+    summary = run_study(StudyRequest(str(path), n_trials=trials, storage=storage))
     minutes = (time.perf_counter() - start) / 60
     done = optuna.load_study(study_name=name, storage=storage).get_trials()
     epochs_used = sum(len(t.intermediate_values) for t in done)

@@ -87,7 +87,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """Run (or resume) every run of an experiment file under one parent run."""
     from fer_ablate.config.experiment_file import expand, load_experiment_file
     from fer_ablate.config.settings import parse_set_args
-    from fer_ablate.runs.grid import describe, run_experiment
+    from fer_ablate.runs.grid import GridRequest, describe, run_experiment
 
     extra = parse_set_args(args.set)
     if args.dry_run:
@@ -95,8 +95,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"{exp.name}: {exp.design}, base {exp.base}, seeds {exp.seeds}")
         print(describe(expand(exp, extra)))
         return 0
-    outcome = run_experiment(args.experiment, extra, workers=args.workers or 1, storage=args.storage,
-                             tracking_uri=args.tracking_uri)
+    request = GridRequest(args.experiment, extra, workers=args.workers or 1, storage=args.storage)
+    outcome = run_experiment(request, tracking_uri=args.tracking_uri)
     print(json.dumps(outcome.__dict__, indent=2))
     if not args.no_report and args.storage is None:
         from fer_ablate.reports.grid_report import write_report
@@ -108,11 +108,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_kfold(args: argparse.Namespace) -> int:
     """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment."""
-    from fer_ablate.runs.cross_validation import run_kfold
+    from fer_ablate.runs.cross_validation import KFoldRequest, run_kfold
 
-    outcomes = run_kfold(variant=args.variant, experiment=args.experiment or None, folds=args.folds,
-                         seed=args.fold_seed, include_validation=args.include_validation, fold_file=args.fold_file,
-                         extra=_overrides(args), workers=args.workers or 1, tracking_uri=args.tracking_uri)
+    request = KFoldRequest(variant=args.variant, experiment_file=args.experiment or None, folds=args.folds,
+                           fold_seed=args.fold_seed, include_validation=args.include_validation,
+                           fold_file=args.fold_file, overrides=_overrides(args), workers=args.workers or 1)
+    outcomes = run_kfold(request, tracking_uri=args.tracking_uri)
     print(json.dumps([o.__dict__ for o in outcomes], indent=2))
     if not args.no_report:
         from fer_ablate.reports.kfold_report import write_kfold_report
@@ -141,11 +142,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     """Create or resume an Optuna study over a search-space file."""
     from fer_ablate.config.settings import parse_set_args
-    from fer_ablate.tuning.study import run_study
+    from fer_ablate.tuning.study import StudyRequest, run_study
 
-    summary = run_study(args.space, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage or None,
-                        study_name=args.study_name, workers=args.workers or 1, extra=parse_set_args(args.set),
-                        tracking_uri=args.tracking_uri)
+    request = StudyRequest(args.space, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage or None,
+                           study_name=args.study_name, workers=args.workers or 1, overrides=parse_set_args(args.set))
+    summary = run_study(request, tracking_uri=args.tracking_uri)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -16,7 +16,7 @@ from conftest import PROJECT
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.reports.grid_report import write_report
-from fer_ablate.runs.grid import run_experiment
+from fer_ablate.runs.grid import GridRequest, run_experiment
 
 
 def _children(name: str):
@@ -33,7 +33,7 @@ def _smoke_copy(tmp_path, name: str, extra: str = "") -> str:
 
 
 def test_smoke_grid_parent_children_and_report(tmp_path):
-    outcome = run_experiment(_smoke_copy(tmp_path, "smoke_e2e"))
+    outcome = run_experiment(GridRequest(_smoke_copy(tmp_path, "smoke_e2e")))
     assert (outcome.total, outcome.finished, outcome.failed, outcome.skipped) == (4, 4, 0, 0)
     client = MlflowClient()
     parent = client.get_run(outcome.parent_run_id)
@@ -50,7 +50,7 @@ def test_smoke_grid_parent_children_and_report(tmp_path):
     assert parent.data.metrics["mean_val_accuracy"] == pytest.approx(sum(vals) / len(vals))
 
     # Running again resumes: the same parent, nothing to do.
-    again = run_experiment(_smoke_copy(tmp_path, "smoke_e2e"))
+    again = run_experiment(GridRequest(_smoke_copy(tmp_path, "smoke_e2e")))
     assert again.parent_run_id == outcome.parent_run_id and (again.skipped, again.finished) == (4, 0)
 
     folder = write_report("smoke_e2e", out_dir=tmp_path / "report")
@@ -75,7 +75,7 @@ def test_failed_child_is_recorded_and_grid_goes_on(tmp_path):
     path.write_text(path.read_text().replace("  kernel: [kernel3, kernel5]",
                                              "  kernel: {k3: {model.kernel_size: 3}, k60: {model.kernel_size: 60}}"))
     path = str(path)
-    outcome = run_experiment(path)
+    outcome = run_experiment(GridRequest(path))
     assert (outcome.finished, outcome.failed) == (2, 2)
     failed = [c for c in _children("smoke_fail") if c.info.status == "FAILED"]
     assert len(failed) == 2 and all("error" in c.data.tags for c in failed)
@@ -100,7 +100,7 @@ def test_resume_after_killed_grid_runs_only_what_was_missing(tmp_path, sig):
     before = _children("smoke_kill")
     finished_before = {c.data.tags["child_key"] for c in before if c.info.status == "FINISHED"}
     assert 2 <= len(finished_before) < 4
-    outcome = run_experiment(path)
+    outcome = run_experiment(GridRequest(path))
     assert outcome.skipped == len(finished_before) and outcome.finished == 4 - len(finished_before)
     after = _children("smoke_kill")
     finished_after = [c for c in after if c.info.status == "FINISHED"]
@@ -109,7 +109,7 @@ def test_resume_after_killed_grid_runs_only_what_was_missing(tmp_path, sig):
 
 
 def test_workers_run_children_in_separate_processes(tmp_path):
-    outcome = run_experiment(_smoke_copy(tmp_path, "smoke_workers"), workers=2)
+    outcome = run_experiment(GridRequest(_smoke_copy(tmp_path, "smoke_workers"), workers=2))
     assert (outcome.finished, outcome.failed) == (4, 0)
     assert len({c.data.tags["child_key"] for c in _children("smoke_workers")}) == 4
 

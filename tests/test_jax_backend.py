@@ -193,12 +193,12 @@ def test_jax_predicts_on_a_real_photo(jax_subset_run, tmp_path):
 @pytest.mark.jax
 @on_jax
 def test_jax_two_run_grid(tmp_path):
-    from fer_ablate.runs.grid import run_experiment
+    from fer_ablate.runs.grid import GridRequest, run_experiment
 
     text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: jax_grid")
     path = tmp_path / "jax_grid.yaml"
     path.write_text(text.replace("seeds: [1, 2]", "seeds: [1]"))  # kernel3 and kernel5, one seed: 2 runs
-    outcome = run_experiment(str(path))
+    outcome = run_experiment(GridRequest(str(path)))
     assert (outcome.total, outcome.finished, outcome.failed) == (2, 2, 0)
     assert MlflowClient().get_run(outcome.parent_run_id).info.status == "FINISHED"
 
@@ -206,12 +206,12 @@ def test_jax_two_run_grid(tmp_path):
 @pytest.mark.jax
 @on_jax
 def test_jax_two_trial_study(tmp_path):
-    from fer_ablate.tuning.study import run_study
+    from fer_ablate.tuning.study import StudyRequest, run_study
 
     text = (PROJECT / "search_spaces" / "smoke.yaml").read_text().replace("name: smoke", "name: jax_study")
     path = tmp_path / "jax_study.yaml"
     path.write_text(text)
-    summary = run_study(str(path), n_trials=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    summary = run_study(StudyRequest(str(path), n_trials=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))
     assert summary["states"]["COMPLETE"] + summary["states"].get("PRUNED", 0) == 2
 
 

@@ -16,9 +16,9 @@ from fer_ablate.config.settings import resolve_config
 from fer_ablate.data import load_dataset
 from fer_ablate.data.folds import FoldError, check_matches, load_folds, make_folds, training_pool
 from fer_ablate.reports.kfold_report import write_kfold_report
-from fer_ablate.runs.cross_validation import ensemble_probabilities, run_kfold
+from fer_ablate.runs.cross_validation import KFoldRequest, ensemble_probabilities, run_kfold
 from fer_ablate.training.metrics import evaluate_probabilities
-from fer_ablate.tuning.study import run_study
+from fer_ablate.tuning.study import StudyRequest, run_study
 
 TINY_DATA = {**TINY, "data.source": "synthetic"}
 
@@ -87,7 +87,7 @@ def _kfold_children(parent_id: str):
 
 
 def test_three_fold_run_end_to_end_with_ensemble_and_resume(tmp_path):
-    [outcome] = run_kfold("paper", folds=3, extra=TINY_DATA)
+    [outcome] = run_kfold(KFoldRequest("paper", folds=3, overrides=TINY_DATA))
     assert (outcome.finished, outcome.failed, outcome.skipped) == (3, 0, 0)
     client = MlflowClient()
     parent = client.get_run(outcome.parent_run_id)
@@ -120,11 +120,11 @@ def test_three_fold_run_end_to_end_with_ensemble_and_resume(tmp_path):
     assert folds["k"] == 3 and len(folds["fold_of"]) == pool_size
 
     # Resume: nothing to do; then a failed fold is rerun alone.
-    [again] = run_kfold("paper", folds=3, extra=TINY_DATA)
+    [again] = run_kfold(KFoldRequest("paper", folds=3, overrides=TINY_DATA))
     assert again.parent_run_id == outcome.parent_run_id and (again.skipped, again.finished) == (3, 0)
     broken = next(c for c in children if c.data.tags["fold"] == "1")
     client.set_terminated(broken.info.run_id, "FAILED")
-    [third] = run_kfold("paper", folds=3, extra=TINY_DATA)
+    [third] = run_kfold(KFoldRequest("paper", folds=3, overrides=TINY_DATA))
     assert (third.skipped, third.finished) == (2, 1)
     assert client.get_run(third.parent_run_id).data.metrics["folds_finished"] == 3
 
@@ -133,7 +133,7 @@ def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
     text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: smoke_kfold_exp")
     path = tmp_path / "smoke_kfold_exp.yaml"
     path.write_text(text)
-    outcomes = run_kfold(experiment=str(path), folds=3, extra={})
+    outcomes = run_kfold(KFoldRequest(experiment_file=str(path), folds=3))
     assert [o.label for o in outcomes] == ["paper", "kernel5"]
     client = MlflowClient()
     parents = [client.get_run(o.parent_run_id) for o in outcomes]
@@ -153,7 +153,7 @@ def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
 
 def test_tuning_objective_as_mean_over_folds(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    summary = run_study("smoke_kfold", n_trials=2, storage=storage, study_name="kfold_objective")
+    summary = run_study(StudyRequest("smoke_kfold", n_trials=2, storage=storage, study_name="kfold_objective"))
     assert summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0) == 2
     assert load_space("smoke_kfold").pruner["type"] == "wilcoxon"
     client = MlflowClient()

@@ -23,7 +23,7 @@ from fer_ablate import tracking
 from fer_ablate.cli import main
 from fer_ablate.config.settings import ConfigError
 from fer_ablate.paths import reports_dir
-from fer_ablate.tuning.study import run_study
+from fer_ablate.tuning.study import StudyRequest, run_study
 
 GRID_NAME = "exp'é"  # the NFC form: the file below is named in NFD, as macOS stores it
 STEP = "base'é"
@@ -119,7 +119,8 @@ def test_bad_variant_experiment_and_study_names_are_refused(tmp_path, capsys, mo
 
     storage = tmp_path / "optuna.db"
     with pytest.raises(ConfigError, match=r"^study name '\.\./s' holds /"):
-        run_study(_space(tmp_path, "fine"), n_trials=1, storage=f"sqlite:///{storage}", study_name="../s")
+        run_study(StudyRequest(_space(tmp_path, "fine"), n_trials=1, storage=f"sqlite:///{storage}",
+                               study_name="../s"))
     assert not storage.exists()  # refused before the storage was opened
     assert len(_all_runs()) == before
 
@@ -136,11 +137,11 @@ def _space(tmp_path: Path, name: str) -> str:
 def test_study_named_with_quote_creates_resumes_and_reports(tmp_path):
     name = "it's-é"
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    first = run_study(_space(tmp_path, name), n_trials=1, storage=storage)
+    first = run_study(StudyRequest(_space(tmp_path, name), n_trials=1, storage=storage))
     assert first["study"] == name and first["states"]["COMPLETE"] == 1
 
     # Same name again: the study and its MLflow parent are found (a quoted filter), one more trial runs.
-    second = run_study(_space(tmp_path, name), n_trials=2, storage=storage)
+    second = run_study(StudyRequest(_space(tmp_path, name), n_trials=2, storage=storage))
     assert second["trials"] == 2
     ids = [e.experiment_id for e in MlflowClient().search_experiments()]
     parents = MlflowClient().search_runs(ids, tracking.tag_filter({"fer_ablate_kind": "study",

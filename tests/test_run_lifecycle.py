@@ -24,9 +24,9 @@ from mlflow.tracking import MlflowClient
 from fer_ablate import tracking
 from fer_ablate.cli import main
 from fer_ablate.data.folds import FoldError, check_matches, make_folds, training_pool
-from fer_ablate.runs.cross_validation import run_kfold
-from fer_ablate.runs.grid import run_experiment
-from fer_ablate.tuning.study import MAX_CONSECUTIVE_FAILURES, StudyFailing, open_storage, run_study
+from fer_ablate.runs.cross_validation import KFoldRequest, run_kfold
+from fer_ablate.runs.grid import GridRequest, run_experiment
+from fer_ablate.tuning.study import MAX_CONSECUTIVE_FAILURES, StudyFailing, StudyRequest, open_storage, run_study
 
 TINY_SET = [f"{k}={v}".replace(" ", "") for k, v in {**TINY, "data.source": "synthetic"}.items()]
 DEFAULT_CASES = {("ablate", signal.SIGTERM, 2), ("kfold", signal.SIGINT, 1), ("tune", signal.SIGINT, 2)}
@@ -93,16 +93,16 @@ class Case:
     def resume(self) -> tuple[int, int]:
         """Rerun in this process; return (skipped, newly finished)."""
         if self.command == "ablate":
-            outcome = run_experiment(self.path)
+            outcome = run_experiment(GridRequest(self.path))
             return outcome.skipped, outcome.finished
         if self.command == "kfold":
-            [outcome] = run_kfold("paper", folds=2, seed=self.fold_seed,
-                                  extra={**TINY, "data.source": "synthetic"})
+            [outcome] = run_kfold(KFoldRequest("paper", folds=2, fold_seed=self.fold_seed,
+                                               overrides={**TINY, "data.source": "synthetic"}))
             return outcome.skipped, outcome.finished
         study = optuna.load_study(study_name=self.name, storage=open_storage(self.storage))
         done_before = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials())
         seen = {c.info.run_id for c in self.children()}
-        run_study(self.path, n_trials=2, storage=self.storage)
+        run_study(StudyRequest(self.path, n_trials=2, storage=self.storage))
         new = [c for c in self.children() if c.info.run_id not in seen]
         return done_before, sum(c.info.status == "FINISHED" for c in new)
 
@@ -200,7 +200,7 @@ def test_a_worker_killed_mid_grid_loses_only_its_own_run(tmp_path):
     parent = _search("tags.fer_ablate_kind = 'ablation' and tags.fer_ablate_name = 'worker_sigkill'")[0]
     assert parent.info.status == "FAILED"
 
-    outcome = run_experiment(path)
+    outcome = run_experiment(GridRequest(path))
     assert (outcome.skipped, outcome.finished, outcome.failed) == (3, 1, 0)
     assert MlflowClient().get_run(outcome.parent_run_id).info.status == "FINISHED"
 
@@ -230,7 +230,7 @@ def test_a_study_of_failing_trials_stops_and_fails(tmp_path, capsys):
     space = _space_file(tmp_path, "always_failing")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     with pytest.raises(StudyFailing, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
-        run_study(space, n_trials=50, storage=storage, extra={"model.kernel_size": 60})
+        run_study(StudyRequest(space, n_trials=50, storage=storage, overrides={"model.kernel_size": 60}))
     trials = optuna.load_study(study_name="always_failing", storage=storage).get_trials()
     assert len(trials) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in trials)
     parent = _search("tags.fer_ablate_kind = 'study' and tags.fer_ablate_name = 'always_failing'")[0]
@@ -245,12 +245,12 @@ def test_resume_after_the_data_source_changed_runs_everything_again(tmp_path, mo
     text = Path(_experiment_file(tmp_path, "data_change")).read_text().replace("data: synthetic", "data: auto")
     path = tmp_path / "data_change.yaml"
     path.write_text(text)
-    first = run_experiment(str(path))  # auto -> synthetic faces (no FER_DATA, no data/fer2013.csv in tests)
+    first = run_experiment(GridRequest(str(path)))  # auto -> synthetic faces (no FER_DATA, no data/fer2013.csv)
     assert (first.skipped, first.finished) == (0, 2)
     monkeypatch.setenv("FER_DATA", str(fer_csv))  # auto -> a FER2013 CSV now
-    second = run_experiment(str(path))
+    second = run_experiment(GridRequest(str(path)))
     assert (second.skipped, second.finished) == (0, 2), "runs on the old data must not count"
-    third = run_experiment(str(path))
+    third = run_experiment(GridRequest(str(path)))
     assert (third.skipped, third.finished) == (2, 0)
 
 

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from fer_ablate.runs.shared_queue import StorageError
-from fer_ablate.tuning.study import run_study
+from fer_ablate.tuning.study import StudyRequest, run_study
 
 
 def _space(tmp_path, name: str, extra: str = "", pruner: str = "{type: none}") -> str:
@@ -41,7 +41,7 @@ def _parent(study: str):
 
 def test_tiny_study_tracks_every_trial_and_resumes(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    summary = run_study(_space(tmp_path, "tiny"), n_trials=2, storage=storage)
+    summary = run_study(StudyRequest(_space(tmp_path, "tiny"), n_trials=2, storage=storage))
     assert summary["states"]["COMPLETE"] == 2
     runs = _trial_runs("tiny")
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == [0, 1]
@@ -57,7 +57,7 @@ def test_tiny_study_tracks_every_trial_and_resumes(tmp_path):
     assert "optuna_plots/optimization_history.png" in plots
 
     # Same study name again: resumed, not restarted, under the same parent run.
-    summary = run_study(_space(tmp_path, "tiny"), n_trials=3, storage=storage)
+    summary = run_study(StudyRequest(_space(tmp_path, "tiny"), n_trials=3, storage=storage))
     assert summary["trials"] == 3 and len(_trial_runs("tiny")) == 3 and len(_parent("tiny")) == 1
 
     # The best configuration runs again as a variant.
@@ -70,8 +70,8 @@ def test_tiny_study_tracks_every_trial_and_resumes(tmp_path):
 def test_pruner_prunes_and_failing_trials_are_recorded(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     # A threshold no tiny model reaches: every trial is pruned after its first epoch.
-    summary = run_study(_space(tmp_path, "pruned", pruner="{type: threshold, lower: 0.99}"), n_trials=2,
-                        storage=storage)
+    space = _space(tmp_path, "pruned", pruner="{type: threshold, lower: 0.99}")
+    summary = run_study(StudyRequest(space, n_trials=2, storage=storage))
     assert summary["states"]["PRUNED"] == 2
     for run in _trial_runs("pruned"):
         assert run.data.tags["trial_state"] == "PRUNED" and run.data.metrics["epochs_run"] == 1
@@ -82,7 +82,7 @@ def test_pruner_prunes_and_failing_trials_are_recorded(tmp_path):
     grid.write_text(text[: text.index("params:")] + "params:\n  model.kernel_size: {type: categorical, "
                     "choices: [3, 60]}\n")
     grid = str(grid)
-    summary = run_study(grid, n_trials=None, storage=storage, study_name="failing")
+    summary = run_study(StudyRequest(grid, n_trials=None, storage=storage, study_name="failing"))
     assert summary["states"]["FAIL"] == 1 and summary["states"]["COMPLETE"] == 1
     states = {r.data.tags["trial_state"]: r.info.status for r in _trial_runs("failing")}
     assert states == {"FAIL": "FAILED", "COMPLETE": "FINISHED"}
@@ -92,13 +92,13 @@ def test_pruner_prunes_and_failing_trials_are_recorded(tmp_path):
                                              ("postgresql://nobody@127.0.0.1:9/optuna", "cannot be used")])
 def test_bad_storage_fails_before_training(tmp_path, storage, message):
     with pytest.raises(StorageError, match=message):
-        run_study(_space(tmp_path, "bad"), n_trials=1, storage=storage)
+        run_study(StudyRequest(_space(tmp_path, "bad"), n_trials=1, storage=storage))
     assert not _trial_runs("bad")
 
 
 def test_workers_share_a_journal_file(tmp_path):
     storage = f"journal:{tmp_path / 'journal.log'}"
-    summary = run_study(_space(tmp_path, "journal"), n_trials=4, storage=storage, workers=2)
+    summary = run_study(StudyRequest(_space(tmp_path, "journal"), n_trials=4, storage=storage, workers=2))
     done = summary["states"]["COMPLETE"] + summary["states"]["PRUNED"]
     assert done >= 4
     numbers = [int(r.data.tags["trial_number"]) for r in _trial_runs("journal")]

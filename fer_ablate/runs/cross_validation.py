@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,20 +169,42 @@ def cross_validate(spec: FoldSpec, folds: list[int], ctx: tracking.RunContext, w
     return outcomes
 
 
-def run_kfold(variant: str | None = "paper", experiment: str | None = None, folds: int = 5, seed: int = 0,
-              include_validation: bool = False, fold_file: str | None = None, extra: dict[str, Any] | None = None,
-              workers: int = 1, tracking_uri: str | None = None) -> list[KFoldOutcome]:
-    """Cross-validate a variant (or every variant of an experiment) on one stratified fold assignment.
+@dataclass(frozen=True)
+class KFoldRequest:
+    """What ``fer-ablate kfold`` asks for: which variants, how to split the data, how many processes.
 
+    ``variant`` names a variant of variants.yaml; ``experiment_file`` (a name under experiments/ or a path),
+    when given, cross-validates every variant of that grid instead. ``folds`` is k (>= 2), ``fold_seed``
+    seeds the stratified assignment, ``include_validation`` pools the validation split into the folds,
+    ``fold_file`` reuses a saved ``folds.json`` (checked against the data). ``overrides`` are ``--set``
+    dotted keys applied to every variant; ``workers`` is the number of processes training folds.
+    """
+
+    variant: str | None = "paper"
+    experiment_file: str | None = None
+    folds: int = 5
+    fold_seed: int = 0
+    include_validation: bool = False
+    fold_file: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 1
+
+
+def run_kfold(request: KFoldRequest, tracking_uri: str | None = None) -> list[KFoldOutcome]:
+    """Cross-validate a variant (or every variant of an experiment file) on one stratified fold assignment.
+
+    ``tracking_uri`` (default: the project's store) is opened once into the run context every run uses.
     Configs, data and folds are resolved and checked before anything is recorded (ConfigError, DataError,
     FoldError). Each parent ends FINISHED when every fold finished, FAILED otherwise, KILLED on Ctrl-C or
-    SIGTERM.
+    SIGTERM. Returns one outcome per variant, in the experiment file's order.
     """
-    name, cands = candidates(variant, experiment, extra or {})
+    experiment, workers = request.experiment_file, request.workers
+    name, cands = candidates(request.variant, experiment, dict(request.overrides))
     _check_same_data(cands)
     dataset = load_dataset(cands[0].config["data"])
-    pool = training_pool(dataset, include_validation)
-    assignment = assignment_for(pool, dataset, folds, seed, include_validation, fold_file)
+    pool = training_pool(dataset, request.include_validation)
+    assignment = assignment_for(pool, dataset, request.folds, request.fold_seed, request.include_validation,
+                                request.fold_file)
     sizes = np.bincount(assignment.fold_of, minlength=assignment.k).tolist()
     log.info("k-fold %s: %d variant(s) x %d folds over a pool of %d images (fold sizes %s, folds %s); "
              "held-out test: %s", name, len(cands), assignment.k, len(pool.y), sizes, assignment.digest,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from fer_ablate import tracking
@@ -86,20 +87,31 @@ def pending_runs(keyed: list[tuple[str, RunSpec]], ctx: tracking.RunContext, nam
     return todo, len(keyed) - len(todo)
 
 
-def run_experiment(
-    name_or_path: str,
-    extra: dict[str, Any] | None = None,
-    workers: int = 1,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-) -> GridOutcome:
-    """Run (or resume) every pending run of an experiment under one parent run.
+@dataclass(frozen=True)
+class GridRequest:
+    """What ``fer-ablate ablate`` asks for: an experiment file's grid, run locally or shared.
 
+    ``experiment_file`` is a name under experiments/ or a path to a YAML file; ``overrides`` are ``--set``
+    dotted keys applied to every run; ``workers`` is the number of local processes; ``storage`` (a
+    PostgreSQL URL), when given, shares the grid with other machines through an Optuna work queue.
+    """
+
+    experiment_file: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    storage: str | None = None
+
+
+def run_experiment(request: GridRequest, tracking_uri: str | None = None) -> GridOutcome:
+    """Run (or resume) every pending run of an experiment file under one parent run.
+
+    ``tracking_uri`` (default: the project's store) is opened once into the run context every run uses.
     Every run's config and data source are resolved and checked first: a bad ``--set`` key or value
     (ConfigError), a missing data path (DataError) or an unusable storage (StorageError) fails before
     anything is recorded. The parent ends FINISHED, FAILED when a run failed, KILLED on Ctrl-C / SIGTERM.
     """
-    exp = load_experiment_file(name_or_path)
+    extra, workers, storage = dict(request.overrides), request.workers, request.storage
+    exp = load_experiment_file(request.experiment_file)
     keyed = keyed_runs(expand(exp, extra))
     if storage:  # an invalid URL or unreachable database fails here, before any run starts
         from fer_ablate.runs.shared_queue import open_rdb_storage

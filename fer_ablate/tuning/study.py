@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -364,19 +365,40 @@ def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
              f" {trial.value:.4f}" if trial.value is not None else "", done, best)
 
 
-def run_study(space_name: str, n_trials: int | None = 20, timeout: float | None = None, storage: str | None = None,
-              study_name: str | None = None, workers: int = 1, extra: dict[str, Any] | None = None,
-              tracking_uri: str | None = None) -> dict[str, Any]:
-    """Create or resume a study and optimise it in ``workers`` processes; then report it to the parent.
+@dataclass(frozen=True)
+class StudyRequest:
+    """What ``fer-ablate tune`` asks for: a search-space file's study, its budget, storage and processes.
 
+    ``space`` is a name under search_spaces/ or a path to a YAML file. ``n_trials`` counts finished
+    (COMPLETE or PRUNED) trials of all workers together, None for no limit; ``timeout`` is in seconds per
+    worker. ``storage`` is an Optuna storage URL or ``journal:PATH`` (default: ``<project>/optuna.db``, or
+    a journal file with several workers); ``study_name`` defaults to the space's name. ``overrides`` are
+    ``--set`` dotted keys applied to every trial; ``workers`` is the number of optimisation processes.
+    """
+
+    space: str
+    n_trials: int | None = 20
+    timeout: float | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    workers: int = 1
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+def run_study(request: StudyRequest, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Create or resume a study and optimise it in ``request.workers`` processes; then report it to the parent.
+
+    ``tracking_uri`` (default: the project's store) is opened once into the run context every trial uses.
     Checked before anything is recorded: the search space, every trial's shared config and data source
     (ConfigError, DataError) and the storage (StorageError). The parent run ends FINISHED, FAILED (raising
     StudyFailing) when trials kept failing or a worker process failed, KILLED on Ctrl-C or SIGTERM.
+    Returns the summary the report logged (trial states, best value and params).
     """
+    space_name, n_trials, timeout = request.space, request.n_trials, request.timeout
+    storage, workers, extra = request.storage, request.workers, dict(request.overrides)
     space = load_space(space_name)
-    extra = extra or {}
     check_trial_config(space, extra)
-    study_name = safe_name(study_name or space.name, "study")  # an MLflow search value and a reports/ folder
+    study_name = safe_name(request.study_name or space.name, "study")  # an MLflow search value and a reports/ folder
     if workers > 1 and storage is None:
         storage = f"journal:{project_root() / 'optuna-journal.log'}"  # SQLite is for one process only
     if workers > 1 and storage.startswith("sqlite"):
