@@ -1,19 +1,25 @@
-"""Several machines share one grid through PostgreSQL: 2 worker processes, each run taken exactly once."""
+"""Several machines share one grid through PostgreSQL: 2 worker processes, each run taken exactly once, and
+a run whose worker was SIGKILLed is taken by the live worker in the same round."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import warnings
 
 import optuna
 import pytest
 from conftest import PROJECT
 from mlflow.tracking import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
+from fer_ablate.runs.shared_queue import GRACE_ENV, HEARTBEAT_ENV, StorageError, open_rdb_storage
 
 
 def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
@@ -48,8 +54,101 @@ def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
     assert len(complete) == 6 and len({t.user_attrs["run_key"] for t in complete}) == 6
 
 
+def _children(client: MlflowClient, name: str) -> list:
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, f"tags.fer_ablate_kind = 'ablation-child' and tags.fer_ablate_name = '{name}'")
+
+
+def test_a_killed_workers_run_is_taken_by_the_live_worker_in_the_same_round(postgres, tmp_path):
+    optuna_url, mlflow_url = postgres("optuna_kill"), postgres("mlflow_kill")
+    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: smoke_killed")
+    path = tmp_path / "smoke_killed.yaml"
+    # 2 runs (kernel3, kernel5; seed 1), enough epochs that the victim is surely still training when killed.
+    path.write_text(text.replace("train.epochs: 1", "train.epochs: 30").replace("seeds: [1, 2]", "seeds: [1]"))
+    open_rdb_storage(optuna_url)
+    client = MlflowClient(mlflow_url)
+    client.search_experiments()
+    # A 2 s beat and a 6 s grace, so the dead worker's trial goes stale while the live worker still waits.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url, HEARTBEAT_ENV: "2", GRACE_ENV: "6",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    cmd = [sys.executable, "-m", "fer_ablate.cli", "ablate", "--experiment", str(path), "--storage", optuna_url]
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    outs = [tmp_path / f"worker{i}.json" for i in range(2)]
+    procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out.open("w"), stderr=log.open("w"))
+             for log, out in zip(logs, outs, strict=True)]
+
+    def runner(run_id: str) -> int | None:
+        """Which worker started this MLflow run (both share one parent run: its log names the run)."""
+        found = [i for i, log in enumerate(logs) if re.search(rf"\brun {run_id}:", log.read_text())]
+        return found[0] if found else None
+
+    try:
+        victim, killed = None, None
+        deadline = time.monotonic() + 600  # a guard against a hang, not a timing assertion
+        while victim is None:
+            assert time.monotonic() < deadline, "no run started"
+            for proc, log in zip(procs, logs, strict=True):
+                assert proc.poll() is None, f"a worker ended before the kill: {log.read_text()[-3000:]}"
+            for child in _children(client, "smoke_killed"):
+                if child.info.status == "RUNNING" and runner(child.info.run_id) is not None:
+                    killed, victim = child, runner(child.info.run_id)
+                    os.kill(procs[victim].pid, signal.SIGKILL)
+                    break
+            time.sleep(0.2)
+        procs[victim].wait(timeout=60)
+        # The kill hit a run in training: nothing can end it now but the live worker.
+        assert client.get_run(killed.info.run_id).info.status == "RUNNING"
+        live = 1 - victim
+        assert procs[live].wait(timeout=900) == 0, logs[live].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert procs[victim].returncode == -signal.SIGKILL
+    summary = outs[live].read_text()
+    assert json.loads(summary[summary.index("{"):])["finished"] == 2, summary
+
+    # The dead worker's run ended KILLED; the live worker ran it again: one FINISHED child per run, none RUNNING.
+    key = killed.data.tags["child_key"]
+    ended = client.get_run(killed.info.run_id)
+    assert ended.info.status == "KILLED" and "worker died" in ended.data.tags["error"]
+    children = _children(client, "smoke_killed")
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.data.tags["child_key"] for c in finished) == sorted({c.data.tags["child_key"] for c in children})
+    assert len(finished) == 2
+    redone = next(c for c in finished if c.data.tags["child_key"] == key)
+    assert runner(redone.info.run_id) == live
+    parent = client.get_run(killed.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"  # the parent both workers share, ended by the live one
+
+    # One round only (no rerun): the stale trial FAILed and its retry in the same study COMPLETE.
+    studies = [s.study_name for s in optuna.get_all_study_summaries(optuna_url)]
+    assert studies == ["ablation:smoke_killed:r0"]
+    trials = optuna.load_study(study_name=studies[0], storage=optuna_url).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and len({t.user_attrs["run_key"] for t in complete}) == 2
+    stale = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["run_key"] for t in stale] == [key]
+    retry = next(t for t in complete if t.user_attrs["run_key"] == key)
+    with warnings.catch_warnings():  # retried_trial_number is 'experimental' in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == stale[0].number
+
+
 @pytest.mark.parametrize("url,message", [("not-a-url", "not a database URL"),
                                          ("postgresql://nobody@127.0.0.1:9/x", "cannot be used")])
 def test_bad_storage_fails_before_any_run(url, message):
     with pytest.raises(StorageError, match=message):
         open_rdb_storage(url)
+
+
+@pytest.mark.parametrize("beat,grace,message", [("x", "6", "FER_ABLATE_HEARTBEAT_SECONDS='x'"),
+                                                ("2", "0", "FER_ABLATE_HEARTBEAT_GRACE_SECONDS='0'"),
+                                                ("6", "6", "must exceed the heartbeat interval")])
+def test_bad_heartbeat_settings_are_refused(monkeypatch, beat, grace, message):
+    monkeypatch.setenv(HEARTBEAT_ENV, beat)
+    monkeypatch.setenv(GRACE_ENV, grace)
+    with pytest.raises(StorageError, match=re.escape(message)):
+        open_rdb_storage("postgresql://nobody@127.0.0.1:9/x")

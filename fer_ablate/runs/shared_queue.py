@@ -11,11 +11,16 @@ next enqueued trial and keeps its heartbeat. A trial whose worker died goes stal
 (called by every live worker before each run, and while it waits for the last runs of the round) marks
 it FAIL, and Optuna's RetryHeartbeatStaleTrialCallback puts the run back in the queue of the same round,
 so a live worker reruns it at once instead of at the next invocation.
+
+Timing: a worker beats every ``FER_ABLATE_HEARTBEAT_SECONDS`` (default 10) and a trial silent for
+``FER_ABLATE_HEARTBEAT_GRACE_SECONDS`` (default 30) is stale. Both are read when the storage is opened;
+every machine of one grid should use the same values (a grace shorter than a slow beat fails live runs).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -33,18 +38,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10  # how often a worker proves it is alive
 GRACE_SECONDS = 30  # after this much silence a RUNNING trial is stale (its worker died)
+HEARTBEAT_ENV = "FER_ABLATE_HEARTBEAT_SECONDS"  # overrides HEARTBEAT_SECONDS (tests use a short beat)
+GRACE_ENV = "FER_ABLATE_HEARTBEAT_GRACE_SECONDS"  # overrides GRACE_SECONDS
 
 
 class StorageError(RuntimeError):
     """The Optuna storage URL is invalid or the database does not answer."""
 
 
-def open_rdb_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) <= 0:
+        raise StorageError(f"{name}={text!r} is not a whole number of seconds above 0")
+    return int(text)
+
+
+def open_rdb_storage(url: str, heartbeat: int | None = None, grace: int | None = None,
                      on_stale: Callable | None = None) -> RDBStorage:
     """An RDB storage with heartbeats; fails with a clear message before any training.
 
+    ``heartbeat`` and ``grace`` (seconds) default to ``FER_ABLATE_HEARTBEAT_SECONDS`` and
+    ``FER_ABLATE_HEARTBEAT_GRACE_SECONDS`` when set, else to HEARTBEAT_SECONDS and GRACE_SECONDS.
     ``on_stale(study, trial)`` runs for a trial whose worker died; the default re-queues it.
+    Raises StorageError for a bad URL, an unreachable database, or a bad or inconsistent timing
+    (the grace must exceed the beat, or live runs would be failed and taken twice).
     """
+    heartbeat = heartbeat if heartbeat is not None else _seconds_from_env(HEARTBEAT_ENV, HEARTBEAT_SECONDS)
+    grace = grace if grace is not None else _seconds_from_env(GRACE_ENV, GRACE_SECONDS)
+    if grace <= heartbeat:
+        raise StorageError(f"heartbeat grace {grace} s must exceed the heartbeat interval {heartbeat} s "
+                           f"({GRACE_ENV}, {HEARTBEAT_ENV})")
     if "://" not in url:
         raise StorageError(f"storage '{url}' is not a database URL (e.g. postgresql://user@host/db)")
     try:
@@ -54,6 +79,13 @@ def open_rdb_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = 
                               heartbeat_stale_trial_callback=on_stale or RetryHeartbeatStaleTrialCallback(max_retry=3))
     except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean "cannot use this database"
         raise StorageError(f"storage {url} cannot be used: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating (their runs go back in the queue)."""
+    with warnings.catch_warnings():  # 'experimental' in Optuna 5; it would warn on every call in the logs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _rounds(storage: RDBStorage, grid: str) -> list[int]:
@@ -72,7 +104,7 @@ def _open_round(storage: RDBStorage, grid: str, todo: dict[str, RunSpec]) -> opt
     rounds = _rounds(storage, grid)
     if rounds:
         study = optuna.load_study(study_name=f"{grid}:r{rounds[-1]}", storage=storage)
-        optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL -> re-queued
+        _fail_stale(study)  # dead workers' trials -> FAIL -> re-queued
         _wait_ready(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return study
@@ -105,7 +137,7 @@ def live_keys(storage: RDBStorage, grid: str) -> set[str]:
     keys: set[str] = set()
     for r in _rounds(storage, grid):
         study = optuna.load_study(study_name=f"{grid}:r{r}", storage=storage)
-        optuna.storages.fail_stale_trials(study)
+        _fail_stale(study)
         keys |= {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return keys
 
@@ -153,10 +185,11 @@ def run_shared_grid(storage_url: str, name: str, todo: dict[str, RunSpec],
         return outcome.value if outcome.value is not None else float("nan")
 
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's run goes back in the queue now
+        _fail_stale(study)  # a dead worker's run goes back in the queue now
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.optimize(take, n_trials=1, catch=(RunFailed,))
         elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            time.sleep(HEARTBEAT_SECONDS)  # others still run: stay, in case one dies and its run comes back
+            # Others still run: stay one beat, in case one dies and its run comes back to the queue.
+            time.sleep(storage.get_heartbeat_interval() or HEARTBEAT_SECONDS)
         else:
             return counts["finished"], counts["failed"]
