@@ -9,8 +9,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -19,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fer_ablate.runs.shared_queue import GRACE_ENV, HEARTBEAT_ENV, StorageError, open_rdb_storage
+from fer_ablate.runs.shared_queue import GRACE_ENV, HEARTBEAT_ENV, StorageError, open_rdb_storage, run_shared_grid
 
 
 def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
@@ -135,6 +137,42 @@ def test_a_killed_workers_run_is_taken_by_the_live_worker_in_the_same_round(post
     with warnings.catch_warnings():  # retried_trial_number is 'experimental' in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == stale[0].number
+
+
+def test_a_worker_killed_before_its_first_heartbeat_does_not_stall_the_round(postgres, monkeypatch):
+    """Optuna's stale check ignores a trial that never beat: the live worker must still fail and redo it."""
+    from fer_ablate.runs.single import ChildOutcome
+
+    url = postgres("optuna_unbeaten")
+    monkeypatch.setenv(HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(GRACE_ENV, "3")
+    # The dying worker opens the round and pops a run with Optuna's ask() (no heartbeat yet), then is SIGKILLed.
+    script = ("import os, signal, sys\n"
+              "from fer_ablate.runs.shared_queue import _open_round, open_rdb_storage\n"
+              "study = _open_round(open_rdb_storage(sys.argv[1]), 'ablation:unbeaten', {'a': None, 'b': None})\n"
+              "print(study.ask().number, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    dead = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=300)
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-3000:]
+    popped = int(dead.stdout)
+
+    ran: list[str] = []
+
+    def run_one(key, spec) -> ChildOutcome:
+        ran.append(key)
+        return ChildOutcome(f"run-{key}", True, "ok", 0.5)
+
+    result = {}
+    todo = {key: SimpleNamespace(run_name=key) for key in ("a", "b")}
+    live = threading.Thread(target=lambda: result.update(counts=run_shared_grid(url, "unbeaten", todo, run_one)),
+                            daemon=True)
+    live.start()
+    live.join(timeout=300)  # a guard against the hang this test is about, not a timing assertion
+    assert not live.is_alive(), "the live worker waits for ever on the dead worker's run"
+    assert result["counts"] == (2, 0) and sorted(ran) == ["a", "b"]
+    trials = optuna.load_study(study_name="ablation:unbeaten:r0", storage=url).get_trials()
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [popped]
+    assert sorted(t.user_attrs["run_key"] for t in trials if t.state == TrialState.COMPLETE) == ["a", "b"]
 
 
 @pytest.mark.parametrize("url,message", [("not-a-url", "not a database URL"),

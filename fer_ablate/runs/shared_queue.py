@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import optuna
@@ -81,11 +82,31 @@ def open_rdb_storage(url: str, heartbeat: int | None = None, grace: int | None =
         raise StorageError(f"storage {url} cannot be used: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
 
-def _fail_stale(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped beating (their runs go back in the queue)."""
+def _fail_stale(study: optuna.Study, storage: RDBStorage) -> None:
+    """Fail the trials whose worker died (their runs go back in the queue).
+
+    Optuna's stale check only sees trials that beat at least once. A worker killed between popping a trial
+    and its first beat leaves one RUNNING for ever, and the round would wait on it for ever. ``take`` marks
+    its trial ``taken`` with the trial's number (a retry inherits the attributes) once it has beaten, so a
+    RUNNING trial still unmarked a grace period after it started is failed here (``study.tell``: only one
+    worker's tell succeeds) and re-queued like a stale one.
+    """
     with warnings.catch_warnings():  # 'experimental' in Optuna 5; it would warn on every call in the logs
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    grace = storage.grace_period or 2 * (storage.get_heartbeat_interval() or HEARTBEAT_SECONDS)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started, taken = trial.datetime_start, trial.user_attrs.get("taken") == trial.number
+        if taken or started is None or (datetime.now() - started).total_seconds() <= grace:
+            continue
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another worker failed it first, or its worker just finished it
+            continue
+        log.warning("run %s: its worker died before its first heartbeat; re-queued", trial.user_attrs.get("run_key"))
+        on_stale = storage.get_heartbeat_stale_trial_callback()
+        if on_stale is not None:
+            on_stale(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
 def _rounds(storage: RDBStorage, grid: str) -> list[int]:
@@ -104,7 +125,7 @@ def _open_round(storage: RDBStorage, grid: str, todo: dict[str, RunSpec]) -> opt
     rounds = _rounds(storage, grid)
     if rounds:
         study = optuna.load_study(study_name=f"{grid}:r{rounds[-1]}", storage=storage)
-        _fail_stale(study)  # dead workers' trials -> FAIL -> re-queued
+        _fail_stale(study, storage)  # dead workers' trials -> FAIL -> re-queued
         _wait_ready(study)
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return study
@@ -137,7 +158,7 @@ def live_keys(storage: RDBStorage, grid: str) -> set[str]:
     keys: set[str] = set()
     for r in _rounds(storage, grid):
         study = optuna.load_study(study_name=f"{grid}:r{r}", storage=storage)
-        _fail_stale(study)
+        _fail_stale(study, storage)
         keys |= {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return keys
 
@@ -175,6 +196,9 @@ def run_shared_grid(storage_url: str, name: str, todo: dict[str, RunSpec],
             trial.set_user_attr("skipped", "already finished")
             raise optuna.TrialPruned("already finished")
         on_round(live_keys(storage, grid) - {key})
+        # Our heartbeat thread started before this function and has beaten by now (on_round took a few
+        # queries): from here on a death is seen by Optuna's stale check (see _fail_stale).
+        trial.set_user_attr("taken", trial.number)
         outcome = run_one(key, todo[key])
         trial.set_user_attr("mlflow_run_id", outcome.run_id)
         counts["finished" if outcome.ok else "failed"] += 1
@@ -185,7 +209,7 @@ def run_shared_grid(storage_url: str, name: str, todo: dict[str, RunSpec],
         return outcome.value if outcome.value is not None else float("nan")
 
     while True:
-        _fail_stale(study)  # a dead worker's run goes back in the queue now
+        _fail_stale(study, storage)  # a dead worker's run goes back in the queue now
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.optimize(take, n_trials=1, catch=(RunFailed,))
         elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
