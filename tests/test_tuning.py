@@ -59,6 +59,9 @@ def test_tiny_study_tracks_every_trial_and_resumes(tmp_path):
     # Same study name again: resumed, not restarted, under the same parent run.
     summary = run_study(StudyRequest(_space(tmp_path, "tiny"), n_trials=3, storage=storage))
     assert summary["trials"] == 3 and len(_trial_runs("tiny")) == 3 and len(_parent("tiny")) == 1
+    # Once complete, the same command again runs no further trial (Optuna's MaxTrialsCallback alone would).
+    assert run_study(StudyRequest(_space(tmp_path, "tiny"), n_trials=3, storage=storage))["trials"] == 3
+    assert len(_trial_runs("tiny")) == 3
 
     # The best configuration runs again as a variant.
     from fer_ablate.cli import main
@@ -116,10 +119,11 @@ def test_postgres_two_workers_and_a_killed_worker(postgres, tmp_path):
     cmd = [sys.executable, "-m", "fer_ablate.cli", "tune", "--space", space, "--storage", optuna_url,
            "--study-name", "pg"]
     MlflowClient(mlflow_url).search_experiments()  # create the MLflow schema once, as a first machine does
-    subprocess.run([*cmd, "--n-trials", "1"], env=env, check=True, capture_output=True, timeout=600)
+    # cwd: a PostgreSQL MLflow store keeps MLflow's default artifact root, ./mlruns of the working directory.
+    subprocess.run([*cmd, "--n-trials", "1"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=600)
 
     # A worker killed mid-trial: its trial goes FAIL (heartbeat lost) and is retried; its run is not left RUNNING.
-    victim = subprocess.Popen([*cmd, "--n-trials", "10", "--set", "train.epochs=30"], env=env,
+    victim = subprocess.Popen([*cmd, "--n-trials", "10", "--set", "train.epochs=30"], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = optuna.storages.RDBStorage(optuna_url)
     deadline = time.time() + 300
@@ -135,8 +139,8 @@ def test_postgres_two_workers_and_a_killed_worker(postgres, tmp_path):
     killed = running[0]
     time.sleep(8)  # past the grace period (3 heartbeats of 2 s)
 
-    procs = [subprocess.Popen([*cmd, "--n-trials", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [subprocess.Popen([*cmd, "--n-trials", "5"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]

@@ -343,6 +343,11 @@ def _optimize(task: StudyTask, ctx: tracking.RunContext) -> None:
     space = load_space(task.space_name)
     study = optuna.load_study(study_name=task.study_name, storage=open_storage(task.storage_url),
                               sampler=make_sampler(space.sampler, space), pruner=make_pruner(space.pruner))
+    if task.n_trials and _finished_trials(study) >= task.n_trials:
+        # MaxTrialsCallback only stops after a trial: a resumed study that is already complete would run one
+        # more trial per worker.
+        log.info("study %s already has %d finished trials: nothing to run", task.study_name, task.n_trials)
+        return
     failing = StopWhenFailing()
     callbacks = [_progress, failing]
     if task.n_trials:
@@ -353,6 +358,11 @@ def _optimize(task: StudyTask, ctx: tracking.RunContext) -> None:
     study.optimize(objective, n_trials=None, timeout=task.timeout, callbacks=callbacks,
                    catch=(Exception,), gc_after_trial=True)
     failing.check()
+
+
+def _finished_trials(study: optuna.Study) -> int:
+    """COMPLETE and PRUNED trials: what ``n_trials`` counts (FAIL trials are retried, not counted)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
