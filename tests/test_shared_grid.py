@@ -61,6 +61,7 @@ def _children(client: MlflowClient, name: str) -> list:
     return client.search_runs(ids, f"tags.fer_ablate_kind = 'ablation-child' and tags.fer_ablate_name = '{name}'")
 
 
+@pytest.mark.slow  # about 2 minutes (30-epoch runs, heartbeat grace); .ci/run runs the slow tests too
 def test_a_killed_workers_run_is_taken_by_the_live_worker_in_the_same_round(postgres, tmp_path):
     optuna_url, mlflow_url = postgres("optuna_kill"), postgres("mlflow_kill")
     text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: smoke_killed")
