@@ -11,17 +11,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT, TINY
+from conftest import PROJECT, TINY, served_model
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.config.settings import resolve_config
@@ -85,12 +83,6 @@ def test_impossible_device_request_is_refused_before_training():
         train(resolve_config("paper", {**TINY, "train.devices": 64}), data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_jax_trained_model_loads_predicts_evaluates_and_serves_under_tensorflow(jax_run, tmp_path):
     """The default install (TensorFlow) uses a model trained under JAX: load, predict, evaluate, serve."""
     from skimage import data as skdata
@@ -118,20 +110,7 @@ def test_jax_trained_model_loads_predicts_evaluates_and_serves_under_tensorflow(
     import cv2
 
     cv2.imwrite(str(photo), skdata.astronaut()[:, :, ::-1])
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                               "models:/fer-ablate-jax@champion", "--env-manager", "local", "-p", str(port), "-h",
-                               "127.0.0.1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start: {server.stderr.read().decode()[-3000:]}") from None
-                time.sleep(1)
+    with served_model("models:/fer-ablate-jax@champion", env=env) as port:
         body = json.dumps({"dataframe_records": [{"image": base64.b64encode(photo.read_bytes()).decode()}]})
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
                                          headers={"Content-Type": "application/json"})
@@ -140,9 +119,6 @@ def test_jax_trained_model_loads_predicts_evaluates_and_serves_under_tensorflow(
         assert row["face"] == 0 and row["label"] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
         assert sum(row[f"p_{name}"] for name in ("angry", "disgust", "fear", "happy", "sad", "surprise",
                                                   "neutral")) == pytest.approx(1, abs=1e-3)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 # ---- the JAX subset: the same paths as under TensorFlow, run by .ci/run with KERAS_BACKEND=jax -------------

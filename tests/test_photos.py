@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REAL_FER2013, TINY
+from conftest import REAL_FER2013, TINY, served_model
 from mlflow.tracking import MlflowClient
 from skimage import data as skdata
 from test_field_inputs_inference import _png_declaring
@@ -127,12 +122,6 @@ def test_bad_images_give_clear_errors(tmp_path):
         decode_image(huge.tobytes(), "bomb.png")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, payload: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=payload, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -187,21 +176,7 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
     rows = (tmp_path / "csv" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("file,frame,time_s,face,x,y,w,h,label,score,p_angry") and len(rows) == 3
 
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", DEFAULT_MODEL_URI,
-                               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start: {server.stderr.read().decode()[-3000:]}") from None
-                time.sleep(1)
+    with served_model(DEFAULT_MODEL_URI) as port:
         # A browser's data URL, wrapped at 76 columns like MIME base64: the same image, the same answer.
         data_url = "data:image/png;base64," + base64.encodebytes(photos["scene"].read_bytes()).decode()
         status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["scene"])},
@@ -243,9 +218,6 @@ def test_promote_predict_and_serve_over_http(trained_run, photos, tmp_path):
         assert status == 200 and body["predictions"][0]["message"] == "no face found"
         status, body = _post(port, json.dumps({"dataframe_records": [{"image": _b64(photos["astronaut"])}]}).encode())
         assert status == 200 and len(body["predictions"]) == 1  # still serving after the bad requests
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_video_frames_and_timeline(trained_run, photos, tmp_path):

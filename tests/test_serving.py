@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import TINY, served_model
 from skimage import data as skdata
 
 from fer_ablate.config.settings import resolve_config
@@ -89,12 +84,6 @@ def test_concurrent_requests_with_different_tta_match_sequential_ones(photo_mode
     assert model.unwrap_python_model().classifier.tta is False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, frame: pd.DataFrame, tta: bool) -> list[dict]:
     payload = json.dumps({"dataframe_records": frame.to_dict("records"), "params": {"tta": tta}}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=payload, method="POST",
@@ -108,26 +97,10 @@ def test_concurrent_http_requests_with_different_tta(photo_model, frames):
     model = mlflow.pyfunc.load_model(str(photo_model))
     reference = {(kind, tta): model.predict(frame, params={"tta": tta})
                  for kind, frame in frames.items() for tta in (False, True)}
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(photo_model),
-                               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"], env=dict(os.environ),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start: {server.stderr.read().decode()[-3000:]}") from None
-                time.sleep(0.5)
+    with served_model(str(photo_model)) as port:
         with ThreadPoolExecutor(THREADS) as pool:
             results = list(pool.map(lambda job: _post(port, frames[job[0]], job[1]), _jobs()))
         for job, got in zip(_jobs(), results, strict=True):
             expected = reference[job][PROB_COLUMNS].to_numpy()
             served = np.array([[row[c] for c in PROB_COLUMNS] for row in got])
             np.testing.assert_allclose(served, expected, atol=1e-5, err_msg=str(job))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

@@ -77,8 +77,15 @@ def test_a_killed_workers_run_is_taken_by_the_live_worker_in_the_same_round(post
     cmd = [sys.executable, "-m", "fer_ablate.cli", "ablate", "--experiment", str(path), "--storage", optuna_url]
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     outs = [tmp_path / f"worker{i}.json" for i in range(2)]
-    procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out.open("w"), stderr=log.open("w"))
-             for log, out in zip(logs, outs, strict=True)]
+    # The second machine joins once the first has opened the grid's parent run. Two machines starting in the
+    # same instant can each create a parent (a known race, in the session note); this test is about the queue.
+    procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=outs[0].open("w"), stderr=logs[0].open("w"))]
+    deadline = time.monotonic() + 300  # a guard against a hang, not a timing assertion
+    while not client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 "tags.fer_ablate_kind = 'ablation' and tags.fer_ablate_name = 'smoke_killed'"):
+        assert time.monotonic() < deadline and procs[0].poll() is None, logs[0].read_text()[-3000:]
+        time.sleep(0.2)
+    procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=outs[1].open("w"), stderr=logs[1].open("w")))
 
     def runner(run_id: str) -> int | None:
         """Which worker started this MLflow run (both share one parent run: its log names the run)."""
