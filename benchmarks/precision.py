@@ -31,15 +31,17 @@ class EpochTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def epoch_times(variant: str, precision: str, images: int, epochs: int) -> list[float]:
-    """Seconds per epoch of ``variant`` trained at ``precision`` on ``images`` synthetic faces."""
+def epoch_times(variant: str, overrides: dict, images: int, epochs: int) -> list[float]:
+    """Seconds per epoch of ``variant`` (with ``overrides``) trained on ``images`` synthetic faces.
+
+    Shared with throughput.py, so both benchmarks time training the same way."""
     from fer_ablate.config.settings import resolve_config
     from fer_ablate.data import Dataset
     from fer_ablate.data.synthetic import make_synthetic_faces
     from fer_ablate.training.loop import train
 
-    cfg = resolve_config(variant, {"train.epochs": epochs, "train.verbose": 0, "train.precision": precision,
-                                   "train.time_budget_minutes": 600.0})
+    cfg = resolve_config(variant, {"train.epochs": epochs, "train.verbose": 0, "train.time_budget_minutes": 600.0,
+                                   **overrides})
     x, y = make_synthetic_faces(images + 64, seed=0)
     dataset = Dataset({"train": (x[:images], y[:images]), "validation": (x[images:], y[images:])}, "synthetic",
                       "benchmark", "bench")
@@ -61,7 +63,7 @@ def main() -> None:
     print_header(f"precision: {args.variant}, {args.images} images, {args.epochs} epochs")
     base = None
     for precision in args.precisions.split(","):
-        times = epoch_times(args.variant, precision, args.images, args.epochs)
+        times = epoch_times(args.variant, {"train.precision": precision}, args.images, args.epochs)
         steady = min(times[1:] or times)
         base = base or steady
         print(f"{precision:<16} epochs {', '.join(f'{t:.1f}' for t in times)} s; steady {args.images / steady:.1f} "

@@ -70,31 +70,11 @@ def _layers(model):
             yield layer
 
 
-class EpochTimes(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-
 def images_per_second(overrides: dict, images: int, epochs: int) -> float:
-    from fer_ablate.config.settings import resolve_config
-    from fer_ablate.data import Dataset
-    from fer_ablate.data.synthetic import make_synthetic_faces
-    from fer_ablate.training.loop import train
+    """Images per second of the paper model with ``overrides``, median over epochs after the first."""
+    from precision import epoch_times  # benchmarks/ is sys.path[0] when run as a script
 
-    cfg = resolve_config("paper", {"train.epochs": epochs, "train.verbose": 0, **overrides})
-    x, y = make_synthetic_faces(images + 64, seed=0)
-    dataset = Dataset({"train": (x[:images], y[:images]), "validation": (x[images:], y[images:])}, "synthetic",
-                      "benchmark", "bench")
-    clock = EpochTimes()
-    keras.utils.clear_session()
-    train(cfg, dataset, callbacks=[clock])
-    return images / statistics.median(clock.times[1:])
+    return images / statistics.median(epoch_times("paper", overrides, images, epochs)[1:])
 
 
 def main() -> None:
