@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from typing import Any
 
+from fer_ablate import interrupts
 from fer_ablate.logs import configure_logging
-
-
-def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
-    """Treat SIGTERM like Ctrl-C so runs end KILLED instead of staying RUNNING; repeats are ignored, so a
-    second SIGTERM cannot interrupt the clean-up (stopping workers, ending runs) the first one started."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _whole_number(text: str) -> int:
@@ -354,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     from fer_ablate.data import DataError
 
     configure_logging()
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # Ctrl-C and SIGTERM end runs KILLED, and never land inside a store write (see fer_ablate.interrupts).
+    previous_handlers = interrupts.install()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -375,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fer-ablate: error: {exc}", file=sys.stderr)
             return 1
         raise
+    finally:
+        interrupts.restore(previous_handlers)
 
 
 if __name__ == "__main__":

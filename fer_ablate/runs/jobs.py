@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-from fer_ablate import tracking
+from fer_ablate import interrupts, tracking
 
 log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 60  # a terminated worker ends its run KILLED (a few MLflow calls); then it is killed
@@ -47,18 +47,11 @@ class JobResult:
         return self.error is None
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    """SIGTERM in a worker: interrupt the job once (its runs end KILLED); ignore repeats during clean-up."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _entry(fn: Callable[..., Any], args: tuple, ctx: tracking.RunContext, conn: Any) -> None:
     """Entry point of a spawned worker process: one job, its result sent through ``conn``."""
     # Ctrl-C in a terminal reaches the whole process group; the launcher alone decides, and stops workers
     # with SIGTERM, so one interrupt reaches a worker once.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts.install(ctrl_c=False)  # SIGTERM interrupts the job, never inside a store write
     from fer_ablate.logs import configure_logging
 
     configure_logging()

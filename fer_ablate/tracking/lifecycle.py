@@ -14,6 +14,7 @@ run's status. ``end_stale_runs`` is the one place that ends runs left RUNNING by
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from fer_ablate.tracking.queries import tag_filter
 from fer_ablate.tracking.store import source_tags
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume"
+log = logging.getLogger(__name__)
 HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children for the runs table
 
 
@@ -209,14 +211,30 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None =
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        for _ in range(2):  # a second signal during the bookkeeping: try once more, then give up
-            try:
-                if error:
-                    MlflowClient().set_tag(run.info.run_id, "error", error[:5000])
-                mlflow.end_run(status)
-                break
-            except KeyboardInterrupt:
-                status, error = "KILLED", INTERRUPTED
+        _end_active_run(run.info.run_id, status, error)
+
+
+def _end_active_run(run_id: str, status: str, error: str | None) -> None:
+    """End this process's active run. A second signal during the bookkeeping: try once more. A store that
+    fails here is logged and, when the run's own block raised, does not replace that exception; MLflow
+    has popped the run from its active stack either way, so the next run of the process can start."""
+    for _ in range(2):
+        try:
+            if error:
+                MlflowClient().set_tag(run_id, "error", error[:5000])
+            mlflow.end_run(status)
+            return
+        except KeyboardInterrupt:
+            status, error = "KILLED", INTERRUPTED
+        except Exception as exc:
+            log.error("could not end run %s as %s: %s", run_id, status, exc)
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:  # the error tag failed: still end it
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
+            if status == "FINISHED":  # the block succeeded: the failure to record that is the error
+                raise
+            return
 
 
 def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None,
