@@ -6,6 +6,8 @@ and 71.2% validation (PublicTest) accuracy and plots the curves, logged to every
 
 Usage (FER2013 from ../shared; about minutes x variants of wall time, nothing else running):
     python benchmarks/time_to_accuracy.py --variants fast_cpu paper --minutes 60
+    python benchmarks/time_to_accuracy.py --variants fast_cpu --minutes 15 --set data.test_fraction=0.1
+        # ^ also reports a held-out test split carved from Training (no choice looks at it)
     python benchmarks/time_to_accuracy.py --runs RUN_ID [RUN_ID ...]        # plot finished runs again
 """
 
@@ -35,7 +37,8 @@ def train_variants(variants: list[str], minutes: float, data: str, extra: list[s
                                        "train.verbose": 2, **parse_set_args(extra)})
         run_id, metrics = train_and_track(cfg, experiment="time-to-accuracy", run_name=f"{variant} · {minutes:g} min",
                                           tags={"benchmark": "time_to_accuracy"})
-        print(f"{variant}: run {run_id}, best val_accuracy {metrics['val_accuracy']:.4f}", flush=True)
+        held_out = f", held-out test_accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else ""
+        print(f"{variant}: run {run_id}, best val_accuracy {metrics['val_accuracy']:.4f}{held_out}", flush=True)
         run_ids.append(run_id)
     return run_ids
 

@@ -160,6 +160,10 @@ def test_config_hash_is_stable_and_sensitive():
     assert config_hash(a) == config_hash(b)  # kernel3 is the paper model under another name
     assert config_hash(resolve_config("kernel5")) != config_hash(b)
     assert config_hash(resolve_config("paper", {"train.verbose": 0})) == config_hash(b)
+    # Keys added later are hashed only when set away from their earlier behaviour (the pins above hold).
+    assert config_hash(resolve_config("paper", {"data.test_fraction": 0.1})) != config_hash(b)
+    assert config_hash(resolve_config("paper", {"model.pool_before_bn": True})) != config_hash(b)
+    assert config_hash(resolve_config("paper", {"data.test_fraction": 0})) == config_hash(b)
 
 
 def test_variants_file_errors_name_file_and_key(tmp_path):

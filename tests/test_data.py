@@ -241,3 +241,22 @@ def test_c_fast_path_is_built():
     from fer_ablate.data import fer_csv as parser
 
     assert parser._fastcsv is not None, "fer_ablate/data/_fastcsv.c was not compiled: pip install -e . again"
+
+
+def test_test_fraction_carves_a_fixed_stratified_held_out_split_from_training(fer_csv, tmp_path):
+    from fer_ablate.config.settings import load_defaults
+    from fer_ablate.data import load_dataset
+
+    no_private = tmp_path / "no_private.csv"
+    no_private.write_text("".join(line for line in fer_csv.read_text().splitlines(keepends=True)
+                                  if not line.rstrip().endswith("PrivateTest")))
+    cfg = {**load_defaults()["data"], "source": str(no_private), "test_fraction": 0.5}
+    first, again = load_dataset(cfg), load_dataset(cfg)
+    assert first.sizes() == {"train": 21, "validation": 14, "test": 21}  # 6 Training faces per class, half held out
+    assert sorted(np.bincount(first.splits["test"][1])) == [3] * 7  # stratified
+    np.testing.assert_array_equal(first.splits["test"][0], again.splits["test"][0])  # seeded: every variant's
+    held = {x.tobytes() for x in first.splits["test"][0]}
+    assert not held & {x.tobytes() for x in first.splits["train"][0]}
+    # A file with its own PrivateTest keeps it as the test split; the fraction is not used.
+    own = load_dataset({**cfg, "source": str(fer_csv)})
+    assert own.sizes() == {"train": 42, "validation": 14, "test": 14}

@@ -37,3 +37,13 @@ def test_every_variant_builds_and_predicts(variant):
     assert out.shape == (2, 7)
     assert not np.isnan(out).any()
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_pool_before_bn_keeps_the_parameters_and_norms_the_pooled_map():
+    standard = create_model("paper_cnn", base_filters=8)
+    pooled_first = create_model("paper_cnn", base_filters=8, pool_before_bn=True)
+    assert pooled_first.count_params() == standard.count_params()
+    names = [layer.name for layer in pooled_first.layers]
+    assert names.index("pool1") < names.index("bn1_2")  # the block's last conv is pooled, then normed
+    assert pooled_first.get_layer("bn1_2").input.shape[1:3] == (23, 23)
+    assert standard.get_layer("bn1_2").input.shape[1:3] == (46, 46)

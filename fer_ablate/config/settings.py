@@ -66,6 +66,7 @@ class ModelSettings(_Section):
     batch_norm: bool
     bn_first_conv: bool
     bn_momentum: Fraction
+    pool_before_bn: bool
     input_size: int = Field(ge=1)
     num_classes: int = Field(ge=2)
     test_time_flip: bool
@@ -119,6 +120,7 @@ class DataSettings(_Section):
 
     source: str = Field(min_length=1)  # auto | synthetic | a path (data.loading.resolve_source reads it)
     val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(ge=0, lt=1)
     skip_bad_rows: bool
     train_limit: int = Field(ge=0)
     eval_limit: int = Field(ge=0)
@@ -416,9 +418,17 @@ def check_model_section(model_cfg: dict[str, Any]) -> None:
         raise ConfigError(f"model '{name}' cannot be built from this config ({exc}); it takes {accepted}") from None
 
 
+# Keys added after runs were recorded, with the value that reproduces the behaviour from before them: hashed
+# only when set to something else, so every earlier configuration keeps its hash (a grid still resumes).
+LATER_KEYS = {("model", "pool_before_bn"): False, ("data", "test_fraction"): 0.0}
+
+
 def config_hash(cfg: dict[str, Any]) -> str:
     """A short stable hash of everything that changes the result (verbosity excluded)."""
     relevant = copy.deepcopy(cfg)
+    for (section, key), before in LATER_KEYS.items():
+        if relevant.get(section, {}).get(key, before) == before:
+            relevant.get(section, {}).pop(key, None)
     relevant.get("train", {}).pop("verbose", None)
     relevant.get("train", {}).pop("devices", None)  # data parallelism splits batches, not the experiment
     relevant.pop("variant", None)  # two names for the same config are the same experiment

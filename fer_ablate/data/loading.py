@@ -77,6 +77,22 @@ def _carve_validation(splits: dict, val_fraction: float, split_seed: int) -> dic
     return splits
 
 
+def _carve_test(splits: dict, test_fraction: float, split_seed: int) -> dict:
+    """Carve a stratified held-out test split out of train when asked and the source has none (FER2013
+    without PrivateTest), so a final number comes from faces no choice looked at. Seeded by
+    ``split_seed + 1``: independent of the validation carving, the same for every variant."""
+    if test_fraction > 0 and "test" not in splits and "train" in splits:
+        x, y = splits["train"]
+        keep, carved = stratified_split(y, test_fraction, split_seed + 1)
+        splits["train"], splits["test"] = (x[keep], y[keep]), (x[carved], y[carved])
+        log.info("data: held out %d training faces as the test split (data.test_fraction=%g)", len(carved),
+                 test_fraction)
+    elif test_fraction > 0 and "test" in splits:
+        log.info("data: the source has its own test split (%d faces); data.test_fraction is not used",
+                 len(splits["test"][1]))
+    return splits
+
+
 def _array_digest(splits: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(splits):
@@ -127,6 +143,7 @@ def load_dataset(data_cfg: dict[str, Any], purpose: str = "train") -> Dataset:
         kind, location = "fer2013-csv", str(Path(source).resolve())
     if purpose == "train" and "train" not in splits:
         raise DataError(_no_train_message(source, splits))
+    splits = _carve_test(splits, data_cfg.get("test_fraction", 0.0), data_cfg["split_seed"])
     splits = _apply_limits(splits, data_cfg)
     dataset = Dataset(splits=splits, source=kind, location=location, digest=digest, skipped=skipped)
     log.info("data: %s %s, sizes %s", kind, location, dataset.sizes())

@@ -30,17 +30,28 @@ def paper_cnn(
     batch_norm: bool = True,
     bn_first_conv: bool = False,
     bn_momentum: float = 0.99,
+    pool_before_bn: bool = False,
     input_size: int = 48,
     num_classes: int = 7,
     name: str = "paper_cnn",
 ) -> keras.Model:
-    """Build the paper's CNN; each argument is one ablation axis (see conf/defaults.yaml)."""
+    """Build the paper's CNN; each argument is one ablation axis (see config/defaults.yaml).
+
+    ``pool_before_bn=True`` (off by default: the paper's order) max-pools a block's last conv before its
+    BatchNorm, so BN (memory-bound on a CPU) sees 4x fewer values. Max-pool commutes with BN only for a
+    positive scale, so this is a different model, not a rewrite: measure it (benchmarks/time_to_accuracy.py).
+
+    Input ``[n, input_size, input_size, 1]`` float (0-255 scaled inside the training pipeline); output
+    ``[n, num_classes]`` float32 probabilities.
+    """
     inputs = keras.Input((input_size, input_size, 1), name="face")
     x = inputs
     for block in range(conv_blocks):
         filters = int(round(base_filters * filter_growth**block))
         for conv in range(convs_per_block):
             first = block == 0 and conv == 0
+            last = conv == convs_per_block - 1
+            normed = batch_norm and (bn_first_conv or not first)
             x = layers.Conv2D(
                 filters,
                 kernel_size,
@@ -49,9 +60,12 @@ def paper_cnn(
                 kernel_regularizer=keras.regularizers.l2(l2_first_conv) if first and l2_first_conv else None,
                 name=f"conv{block + 1}_{conv + 1}",
             )(x)
-            if batch_norm and (bn_first_conv or not first):
+            if last and pool_before_bn:
+                x = layers.MaxPooling2D(2, strides=2, name=f"pool{block + 1}")(x)
+            if normed:
                 x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{block + 1}_{conv + 1}")(x)
-        x = layers.MaxPooling2D(2, strides=2, name=f"pool{block + 1}")(x)
+        if not pool_before_bn:
+            x = layers.MaxPooling2D(2, strides=2, name=f"pool{block + 1}")(x)
         if conv_dropout:
             x = layers.Dropout(conv_dropout, name=f"drop{block + 1}")(x)
     x = layers.Flatten(name="flatten")(x)
