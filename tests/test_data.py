@@ -8,6 +8,7 @@ from PIL import Image
 from fer_ablate.config.settings import load_defaults
 from fer_ablate.data import CLASS_NAMES, DataError, load_dataset, resolve_source
 from fer_ablate.data.fer_csv import parse_fer_csv
+from fer_ablate.data.folders import read_face
 from fer_ablate.data.synthetic import CLASS_PRIORS, make_synthetic_faces
 from fer_ablate.paths import cache_dir, project_root
 
@@ -182,8 +183,27 @@ def test_unreadable_image_and_unknown_class_folder(tmp_path):
     assert skipped.skipped == {"unreadable image": 1}
     bad.unlink()
     (tmp_path / "train" / "contempt").mkdir()
-    with pytest.raises(DataError, match="unknown class folder 'contempt'"):
+    with pytest.raises(DataError, match="class folder 'contempt' has no FER2013 class.*move it out"):
         load_dataset(data_cfg(tmp_path))
+    (tmp_path / "train" / "contempt").rmdir()
+    (tmp_path / "train" / "smirk").mkdir()
+    with pytest.raises(DataError, match="unknown class folder 'smirk'; expected angry, disgust"):
+        load_dataset(data_cfg(tmp_path))
+
+
+def test_class_folders_spelled_as_other_fer_datasets_do(tmp_path):
+    """FER+ / AffectNet / RAF-DB folder names (Anger, Happiness, Fearful, ...) map to FER2013's classes."""
+    _write_folder_tree(tmp_path, per_class=1)
+    renames = {"angry": "Anger", "fear": "Fearful", "happy": "Happiness", "sad": "SADNESS", "surprise": "surprised",
+               "disgust": "Disgusted"}
+    for split in ("train", "test"):
+        for old, new in renames.items():
+            (tmp_path / split / old).rename(tmp_path / split / new)
+    ds = load_dataset(data_cfg(tmp_path, val_fraction=0.5))
+    assert sorted(ds.splits["test"][1]) == list(range(7))  # every class found, each under its own label
+    x, y = ds.splits["test"]
+    expected = read_face(tmp_path / "test" / "Happiness" / "0.jpg")
+    np.testing.assert_array_equal(x[list(y).index(CLASS_NAMES.index("happy"))], expected)
 
 
 def test_synthetic_faces_priors_and_determinism():

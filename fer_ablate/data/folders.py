@@ -27,12 +27,25 @@ SPLIT_NAMES = {
     "test": ("test", "testing", "testset", "testimages", "privatetest"),
 }
 _SPLIT_OF = {alias: split for split, aliases in SPLIT_NAMES.items() for alias in aliases}
+# Class folder spellings of other FER datasets' image-folder releases (FER+, AffectNet, RAF-DB, CK+).
+CLASS_SYNONYMS = {
+    "angry": ("angry", "anger", "angered"), "disgust": ("disgust", "disgusted"),
+    "fear": ("fear", "fearful", "afraid", "scared"), "happy": ("happy", "happiness", "joy"),
+    "sad": ("sad", "sadness"), "surprise": ("surprise", "surprised"), "neutral": ("neutral", "calm"),
+}
+_CLASS_OF = {alias: name for name, aliases in CLASS_SYNONYMS.items() for alias in aliases}
+NO_FER2013_CLASS = ("contempt",)  # FER+ and AffectNet have it; FER2013's 7 classes do not
 _LITTER = {"__macosx", "thumbs.db", "desktop.ini"}
 
 
 def split_of(name: str) -> str | None:
     """The split a folder name stands for (``Test`` -> test, ``train_set`` -> train), or None."""
     return _SPLIT_OF.get(re.sub(r"[\s_\-.]", "", name.lower()))
+
+
+def class_of(name: str) -> str | None:
+    """The FER2013 class a folder name stands for (``Happiness`` -> happy, ``Fearful`` -> fear), or None."""
+    return _CLASS_OF.get(re.sub(r"[\s_\-.]", "", name.lower()))
 
 
 def is_hidden(path: Path) -> bool:
@@ -63,7 +76,7 @@ def _find_split_dirs(root: Path, skipped: Counter) -> dict[str, Path]:
                             f"{split} split: keep one")
         else:
             found[split] = entry
-    if unknown and not found and all(n.lower() in CLASS_NAMES for n in unknown):
+    if unknown and not found and all(class_of(n) for n in unknown):
         raise DataError(f"{root}: class folders without split folders: move them into {root}/train/ "
                         f"(or {root}/test/ to evaluate a model)")
     for name in unknown:
@@ -81,10 +94,13 @@ def _read_split(folder: Path, skip_bad: bool, skipped: Counter) -> tuple[np.ndar
         if not class_dir.is_dir():
             skipped["file outside class folders"] += 1
             continue
-        name = class_dir.name.lower()
-        if name not in CLASS_NAMES:
+        name = class_of(class_dir.name)
+        if name is None and class_dir.name.lower() in NO_FER2013_CLASS:
+            raise DataError(f"{folder}: class folder {show_data(class_dir.name)} has no FER2013 class (7 classes: "
+                            f"{', '.join(CLASS_NAMES)}): move it out of {folder} to train or evaluate on the rest")
+        if name is None:
             raise DataError(f"{folder}: unknown class folder {show_data(class_dir.name)}; expected "
-                            f"{', '.join(CLASS_NAMES)}")
+                            f"{', '.join(CLASS_NAMES)} (or a common spelling such as anger, happiness, fearful)")
         for path in sorted(class_dir.iterdir()):
             if is_hidden(path):
                 continue
