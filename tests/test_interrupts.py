@@ -64,6 +64,45 @@ def test_a_signal_during_store_writes_ends_the_run_killed(tmp_path, sig):
         assert "interrupted" in runs[0].data.tags["error"]
 
 
+# Trains a tiny model for ever; on the interrupt, prints where the KeyboardInterrupt was raised from.
+BUSY_TRAINER = textwrap.dedent("""
+    import sys, traceback
+    import keras, numpy as np
+    from fer_ablate import interrupts
+    from fer_ablate.training.loop import InterruptPoint
+
+    interrupts.install()
+
+    class Started(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 3:
+                print("training", flush=True)
+
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(7)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.random.rand(4096, 32).astype("float32"), np.random.randint(0, 7, 4096)
+    try:
+        model.fit(x, y, batch_size=8, epochs=1000, verbose=0, callbacks=[InterruptPoint(), Started()])
+    except KeyboardInterrupt as exc:
+        print("raised in", " > ".join(f.name for f in traceback.extract_tb(exc.__traceback__)[-3:]), flush=True)
+        sys.exit(130)
+""")
+
+
+def test_an_interrupt_during_training_is_raised_between_batches_never_inside_tensorflow(tmp_path):
+    script = tmp_path / "busy_trainer.py"
+    script.write_text(BUSY_TRAINER)
+    for sig, delay in ((signal.SIGTERM, 0.5), (signal.SIGINT, 1.3), (signal.SIGTERM, 2.1)):
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                stderr=(tmp_path / "stderr.log").open("w"), cwd=tmp_path, text=True)
+        assert proc.stdout.readline().strip() == "training", (tmp_path / "stderr.log").read_text()[-2000:]
+        time.sleep(delay)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (out, (tmp_path / "stderr.log").read_text()[-2000:])
+        assert "on_train_batch_begin > raise_if_held > _raise" in out, out
+
+
 def _in_module(name: str, body):
     """Run ``body`` with a frame whose module is ``name`` on the stack (how a store's frames look)."""
     namespace = {"__name__": name, "body": body}
@@ -104,7 +143,9 @@ def test_a_second_ctrl_c_is_raised_even_inside_a_store_write():
         interrupts.restore(previous)
 
 
-def test_store_frames_are_recognised_and_training_frames_are_not():
-    assert _in_module("optuna.storages._rdb.storage", lambda: interrupts.inside_store(sys._getframe()))
-    assert not _in_module("optuna.study._optimize", lambda: interrupts.inside_store(sys._getframe()))
-    assert not interrupts.inside_store(sys._getframe())
+def test_store_and_framework_frames_are_unsafe_and_the_objective_is_not():
+    for module in ("optuna.storages._rdb.storage", "sqlalchemy.orm.session", "tensorflow.python.framework.ops",
+                   "keras.src.trainers.trainer"):
+        assert _in_module(module, lambda: interrupts.in_unsafe_code(sys._getframe())), module
+    assert not _in_module("optuna.study._optimize", lambda: interrupts.in_unsafe_code(sys._getframe()))
+    assert not interrupts.in_unsafe_code(sys._getframe())

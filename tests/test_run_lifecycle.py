@@ -38,7 +38,9 @@ def _search(query: str) -> list:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    # PYTHONFAULTHANDLER: a crash (SIGSEGV) prints every thread's Python stack into the stderr a failure shows.
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+            "PYTHONFAULTHANDLER": "1"}
 
 
 def _experiment_file(tmp_path: Path, name: str, seeds: str = "[1]") -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from fer_ablate import interrupts
 from fer_ablate.data import NUM_CLASSES, Dataset
 from fer_ablate.models import MirrorAverage, build_from_config
 from fer_ablate.models.augmentation import RandomAffine
@@ -159,6 +160,18 @@ class TimeCosine(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.rate_at(time.perf_counter() - self.started))
 
 
+class InterruptPoint(keras.callbacks.Callback):
+    """Raises a held Ctrl-C or SIGTERM between batches (``fer_ablate.interrupts``): never inside TensorFlow
+    or Keras internals, where an exception can leave their state half-done."""
+
+    # Batch *begin* hooks: Keras calls them synchronously, and they leave its asynchronous dispatch of
+    # batch-end callbacks (and the device pipelining behind it) as it is.
+    def on_train_batch_begin(self, batch, logs=None):
+        interrupts.raise_if_held()
+
+    on_test_batch_begin = on_predict_batch_begin = on_epoch_begin = on_epoch_end = on_train_batch_begin
+
+
 class BestWeights(keras.callbacks.Callback):
     """Track the best ``val_accuracy`` epoch; with ``restore`` put its weights back when training ends."""
 
@@ -282,7 +295,8 @@ def _predict(model: keras.Model, x: np.ndarray, replicas: int) -> np.ndarray:
     """Probabilities for every row of ``x``; padded to whole per-device shards, the padding dropped again."""
     pad = -len(x) % replicas
     padded = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-    return model.predict(_as_input(padded), batch_size=256 - 256 % replicas, verbose=0)[:len(x)]
+    return model.predict(_as_input(padded), batch_size=256 - 256 % replicas, verbose=0,
+                         callbacks=[InterruptPoint()])[:len(x)]
 
 
 def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None,
@@ -298,7 +312,7 @@ def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callback
         (x_train, y_train), (x_val, y_val) = (x_train[keep], y_train[keep]), (x_val[keep_val], y_val[keep_val])
     best = BestWeights(training, restore=t["restore_best"])
     clock = EpochClock(t["epochs"], 60 * t["time_budget_minutes"])
-    keras_callbacks: list[keras.callbacks.Callback] = [clock, best]
+    keras_callbacks: list[keras.callbacks.Callback] = [InterruptPoint(), clock, best]
     if t["lr_schedule"] == "cosine_time":
         keras_callbacks.insert(0, TimeCosine(t["learning_rate"], 60 * t["time_budget_minutes"]))
     if t["reduce_lr_on_plateau"]:
