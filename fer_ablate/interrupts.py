@@ -5,9 +5,10 @@ breaks things were seen in this project's own tests:
 - inside SQLAlchemy / sqlite3 while MLflow writes a metric: the connection kept the SQLite write lock (its
   frames live on in the traceback), so ending the run KILLED failed 20 s later with "database is locked"
   and the run stayed RUNNING or was even marked FINISHED (3 of 15 SIGTERMs to a process logging in a loop);
-- inside TensorFlow while Keras traces the training step: the process died of SIGSEGV (CI, k-fold SIGTERM
-  case). TensorFlow builds graphs through paired C calls (``TF_NewOperation`` takes the graph's lock,
-  ``TF_FinishOperation`` releases it) made from Python, and an exception between them leaves them unpaired.
+- a k-fold process that got SIGTERM just as its first fold began training died of SIGSEGV in CI (once; not
+  reproduced in 8 local tries, no stack captured). TensorFlow builds a traced step's graph from Python
+  through C calls meant to come in sequence (``TF_NewOperation`` ... ``TF_FinishOperation``); an exception
+  raised between them leaves that C++ state half-done, the likely cause. Holding the signal there is cheap.
 
 So the handler looks at the interrupted stack. Inside one of ``UNSAFE_MODULES`` the interrupt is held back
 and retried every 20 ms (``SIGALRM``) until the stack has left them; anywhere else it is raised at once.
