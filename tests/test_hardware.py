@@ -23,6 +23,7 @@ from fer_ablate.training.hardware import (
     current_machine,
     format_machine,
     machine_tags,
+    onednn_flags,
     parse_cpuinfo,
 )
 
@@ -69,6 +70,21 @@ def test_cpuinfo_gives_model_flags_cores_and_threads():
 def test_auto_picks_bf16_only_on_native_bf16_cpus(flags, backend, expected):
     precision, reason = choose_precision("auto", backend, frozenset(flags))
     assert precision == expected and reason
+
+
+@pytest.mark.parametrize("cap,expected", [
+    ("AVX2", "float32"),                 # the way to try the AVX2 path on a bf16 machine
+    ("avx512_core", "float32"),          # AVX-512 without its bf16 extension
+    ("AVX512_CORE_BF16", "mixed_bfloat16"),
+    ("AVX512_CORE_AMX", "mixed_bfloat16"),
+    ("ALL", "mixed_bfloat16"), ("", "mixed_bfloat16"),
+])
+def test_auto_follows_onednns_isa_cap_not_only_the_cpu(cap, expected):
+    precision, reason = choose_precision("auto", "tensorflow", frozenset(XEON_AMX), isa_cap=cap)
+    assert precision == expected
+    assert ("ONEDNN_MAX_CPU_ISA" in reason) == (expected == "float32")
+    assert onednn_flags(frozenset(XEON_AMX), "AVX2") & set(SPEED_FLAGS) == {"avx2"}
+    assert onednn_flags(frozenset(XEON_AMX), "AVX512_CORE_BF16") & {"amx_bf16", "avx512_bf16"} == {"avx512_bf16"}
 
 
 @pytest.mark.parametrize("gpu,expected", [
@@ -137,7 +153,8 @@ def test_every_run_is_tagged_with_its_machine(tmp_path):
     assert tags["machine.backend"] == keras.backend.backend() and tags["machine.keras_version"] == keras.__version__
     assert tags["machine.cpu_model"] == here.cpu_model and tags["machine.cpu_threads"] == str(here.threads)
     assert set(f"machine.cpu.{f}" for f in SPEED_FLAGS) <= set(tags)
-    expected = choose_precision("auto", here.backend, here.cpu_flags, here.gpus)[0]
+    assert tags["machine.onednn_max_cpu_isa"] == (os.environ.get("ONEDNN_MAX_CPU_ISA") or "none")
+    expected = choose_precision("auto", here.backend, here.cpu_flags, here.gpus, here.onednn_isa_cap)[0]
     assert tags["precision_requested"] == "auto" and tags["precision_resolved"] == expected
     assert mlflow.get_run(run_id).data.params["train.precision"] == "auto"
 

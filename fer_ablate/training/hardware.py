@@ -18,6 +18,28 @@ from pathlib import Path
 # AVX_NE_CONVERT conversions) or only float32 vector units (AVX2, AVX-512).
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx_ne_convert")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# ONEDNN_MAX_CPU_ISA=<name> keeps oneDNN (TensorFlow's CPU kernels) to the instructions of that ISA; the values
+# are oneDNN's own bit masks (dnnl_cpu_isa_t in the oneDNN developer guide). ALL/DEFAULT or unset: no cap.
+ONEDNN_ISA_MASKS = {
+    "SSE41": 0x1, "AVX": 0x3, "AVX2": 0x7, "AVX2_VNNI": 0xF, "AVX2_VNNI_2": 0x1F, "AVX512_CORE": 0x27,
+    "AVX512_CORE_VNNI": 0x67, "AVX512_CORE_BF16": 0xE7, "AVX10_1_512": 0x1EF, "AVX512_CORE_FP16": 0x1EF,
+    "AVX10_1_512_AMX": 0xFEF, "AVX512_CORE_AMX": 0xFEF, "AVX10_1_512_AMX_FP16": 0x1FEF,
+    "AVX512_CORE_AMX_FP16": 0x1FEF,
+}
+_FLAG_BITS = {"avx2": 0x4, "avx_ne_convert": 0x10, "avx512f": 0x20, "avx512_bf16": 0x80, "amx_bf16": 0x800,
+              "amx_tile": 0x800}
+
+
+def onednn_flags(cpu_flags: frozenset[str] | set[str], isa_cap: str = "") -> frozenset[str]:
+    """The speed flags among ``cpu_flags`` that oneDNN may use under ``ONEDNN_MAX_CPU_ISA=isa_cap``.
+
+    ``onednn_flags({"avx2", "avx512f", "avx512_bf16"}, "AVX2") == {"avx2"}``: on a bf16-capable CPU capped at
+    AVX2, bf16 is emulated as on an AVX2-only CPU. An empty, unknown, ``ALL`` or ``DEFAULT`` cap keeps them all.
+    """
+    mask = ONEDNN_ISA_MASKS.get(isa_cap.strip().upper())
+    if mask is None:
+        return frozenset(cpu_flags)
+    return frozenset(f for f in cpu_flags if f not in _FLAG_BITS or _FLAG_BITS[f] & mask)
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,7 @@ class Machine:
     backend_version: str = ""
     keras_version: str = ""
     devices: tuple[str, ...] = field(default_factory=tuple)
+    onednn_isa_cap: str = ""  # $ONEDNN_MAX_CPU_ISA when set: TensorFlow's kernels use fewer flags than the CPU has
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str], int, int]:
@@ -72,7 +95,7 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str], int, int]:
 
 
 def choose_precision(requested: str, backend: str, cpu_flags: frozenset[str] | set[str],
-                     gpus: tuple[Gpu, ...] | list[Gpu] = ()) -> tuple[str, str]:
+                     gpus: tuple[Gpu, ...] | list[Gpu] = (), isa_cap: str = "") -> tuple[str, str]:
     """The Keras dtype policy to train with, and why: ``("mixed_bfloat16", "GPU ... has bf16 ...")``.
 
     An explicit ``requested`` value is kept. ``auto`` picks bf16 only where it is native and measured faster:
@@ -84,6 +107,7 @@ def choose_precision(requested: str, backend: str, cpu_flags: frozenset[str] | s
     - anything else -> ``float32``: on AVX2 alone oneDNN emulates bf16, 4.3x slower (issue 14); AVX_NE_CONVERT
       alone only converts (no bf16 dot product, not measured); JAX on a CPU (XLA:CPU) measured 0.95x float32
       even with AVX512_BF16 (Zen 4, precision.py).
+    ``isa_cap`` (``$ONEDNN_MAX_CPU_ISA``) removes the flags oneDNN may not use (``onednn_flags``) first.
     Raises ValueError for a value outside ``PRECISIONS``.
     """
     if requested not in PRECISIONS:
@@ -98,14 +122,16 @@ def choose_precision(requested: str, backend: str, cpu_flags: frozenset[str] | s
         if gpu.compute_capability >= (8, 0):
             return "mixed_bfloat16", f"GPU {gpu.name} (compute capability {cc}) computes bf16 natively"
         return "mixed_float16", f"GPU {gpu.name} (compute capability {cc} < 8.0) has no bf16: float16 with loss scaling"
-    flags = set(cpu_flags)
     if backend != "tensorflow":
         return "float32", f"{backend} on a CPU: bf16 measured no faster than float32 there (XLA:CPU, 0.95x on Zen 4)"
+    flags = onednn_flags(cpu_flags, isa_cap)
     if flags & {"amx_bf16", "avx512_bf16"}:
         native = "AMX" if "amx_bf16" in flags else "AVX512_BF16"
         return "mixed_bfloat16", f"CPU has {native}: oneDNN computes bf16 natively, measured faster than float32"
-    return "float32", ("CPU has no bf16 dot-product instructions (no AMX, no AVX512_BF16): bf16 would be emulated, "
-                       "several times slower")
+    capped = (f" (ONEDNN_MAX_CPU_ISA={isa_cap} keeps oneDNN from the CPU's)"
+              if set(cpu_flags) & {"amx_bf16", "avx512_bf16"} else "")
+    return "float32", (f"no bf16 dot-product instructions for oneDNN (no AMX, no AVX512_BF16){capped}: bf16 would "
+                       "be emulated, several times slower")
 
 
 def _keras_devices(backend: str) -> tuple[tuple[str, ...], tuple[Gpu, ...]]:
@@ -167,7 +193,7 @@ def describe_machine(cpuinfo: str | None = None) -> Machine:
     backend = keras.backend.backend()
     devices, gpus = _keras_devices(backend)
     return Machine(model, flags, cores, threads, backend, gpus, _backend_version(backend), keras.__version__,
-                   devices)
+                   devices, os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip())
 
 
 @functools.lru_cache(maxsize=1)
@@ -181,7 +207,7 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     if requested != "auto":
         return choose_precision(requested, "", frozenset())
     machine = current_machine()
-    return choose_precision(requested, machine.backend, machine.cpu_flags, machine.gpus)
+    return choose_precision(requested, machine.backend, machine.cpu_flags, machine.gpus, machine.onednn_isa_cap)
 
 
 def choose_device_count(request: str | int, backend: str, available: int, accelerators: int) -> int:
@@ -217,7 +243,8 @@ def machine_tags(machine: Machine, requested: str, devices: str | int = "auto") 
     """MLflow tags for a run: backend, devices, CPU speed flags, cores, the precision resolved from
     ``requested`` (``precision_resolved``) with its reason, and the data-parallel device count ``devices``
     resolves to (``devices_used``; ``refused: ...`` for an impossible request, which training then refuses)."""
-    precision, reason = choose_precision(requested, machine.backend, machine.cpu_flags, machine.gpus)
+    precision, reason = choose_precision(requested, machine.backend, machine.cpu_flags, machine.gpus,
+                                         machine.onednn_isa_cap)
     visible = len(machine.devices) if machine.backend == "jax" else 1
     try:
         used = str(choose_device_count(devices, machine.backend, max(visible, 1), len(machine.gpus)))
@@ -236,6 +263,7 @@ def machine_tags(machine: Machine, requested: str, devices: str | int = "auto") 
         "machine.cpu_cores": str(machine.cores),
         "machine.cpu_threads": str(machine.threads),
         "machine.cpu_flags": ",".join(f for f in SPEED_FLAGS if f in machine.cpu_flags) or "none",
+        "machine.onednn_max_cpu_isa": machine.onednn_isa_cap or "none",  # a capped run is not this CPU's speed
         "precision_requested": requested,
         "precision_resolved": precision,
         "precision_reason": reason,
@@ -248,10 +276,11 @@ def format_machine(machine: Machine) -> str:
     """A few lines for a person (benchmark headers, ``fer-ablate doctor``)."""
     flags = " ".join(f"{f}{'+' if f in machine.cpu_flags else '-'}" for f in SPEED_FLAGS)
     gpus = ", ".join(f"{g.name} (cc {'.'.join(map(str, g.compute_capability or ('?',)))})" for g in machine.gpus)
-    auto, why = choose_precision("auto", machine.backend, machine.cpu_flags, machine.gpus)
+    auto, why = choose_precision("auto", machine.backend, machine.cpu_flags, machine.gpus, machine.onednn_isa_cap)
+    cap = f" (oneDNN capped by ONEDNN_MAX_CPU_ISA={machine.onednn_isa_cap})" if machine.onednn_isa_cap else ""
     return "\n".join([
         f"machine:   {machine.cpu_model}, {machine.cores} cores / {machine.threads} threads, {platform.machine()}",
-        f"cpu flags: {flags}",
+        f"cpu flags: {flags}{cap}",
         f"backend:   Keras {machine.keras_version}, {machine.backend} {machine.backend_version}; "
         f"devices {', '.join(machine.devices) or '?'}; GPU: {gpus or 'none'}",
         f"precision: auto -> {auto} ({why})",
