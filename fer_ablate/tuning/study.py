@@ -352,7 +352,7 @@ def _optimize(task: StudyTask, ctx: tracking.RunContext) -> None:
     callbacks = [_progress, failing]
     if task.n_trials:
         callbacks.append(optuna.study.MaxTrialsCallback(task.n_trials,
-                                                        states=(TrialState.COMPLETE, TrialState.PRUNED)))
+                                                        states=COUNTED_STATES))
     objective = Objective(space, task.study_name, ctx, task.extra)
     # catch=Exception: a trial whose training raises is recorded FAIL and the study goes on (up to a limit).
     study.optimize(objective, n_trials=None, timeout=task.timeout, callbacks=callbacks,
@@ -360,9 +360,12 @@ def _optimize(task: StudyTask, ctx: tracking.RunContext) -> None:
     failing.check()
 
 
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials n_trials counts
+
+
 def _finished_trials(study: optuna.Study) -> int:
     """COMPLETE and PRUNED trials: what ``n_trials`` counts (FAIL trials are retried, not counted)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
 
 
 def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
