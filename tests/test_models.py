@@ -30,9 +30,19 @@ def test_unknown_model_lists_known():
     assert list_models("paper*") == ["paper_cnn"]
 
 
+# Parameter counts of every variant: a change here is a change of model, made on purpose.
+PARAMETER_COUNTS = {
+    "paper": 5_905_863, "aug": 5_905_863, "noaug": 5_905_863, "plateau": 5_905_863, "layers12": 5_905_863,
+    "kernel3": 5_905_863, "dropout0": 5_905_863, "dropout25": 5_905_863, "dropout50": 5_905_863,
+    "layers10": 4_590_023, "kernel5": 14_229_959, "paper_initial": 14_229_959,
+    "fast_cpu": 860_847,  # 1,439,719 until issue 14 narrowed it to base_filters 24
+}
+
+
 @pytest.mark.parametrize("variant", sorted(load_variants()))
 def test_every_variant_builds_and_predicts(variant):
     model = build_from_config(resolve_config(variant)["model"])
+    assert model.count_params() == PARAMETER_COUNTS[variant]
     out = np.asarray(model(np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32), training=False))
     assert out.shape == (2, 7)
     assert not np.isnan(out).any()
