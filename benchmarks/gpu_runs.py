@@ -3,7 +3,7 @@
 The GPU machine (`device` tool) has JAX with CUDA, pandas, scikit-learn, OpenCV and Pillow, but no Keras,
 TensorFlow or MLflow, reaches no network and takes at most 64 MiB of carried files per call. FER2013's gzip
 (87 MB) does not fit, and neither do the uint8 faces with any lossless coder tried (xz with a row-delta
-filter 0.78, lossless WebP 0.77, PNG 0.79-0.84 of the 71 MiB), next to MLflow's wheels. So the work is split:
+filter 0.75, lossless WebP 0.77, PNG 0.79-0.84 of the 71 MiB), next to MLflow's wheels. So the work is split:
 
     python benchmarks/gpu_runs.py pack        # here: .device/fer2013.xz (Training + PublicTest faces, xz)
                                               #       and .device/whl (Keras + pydantic wheels for Python 3.12)
@@ -38,31 +38,36 @@ CARRY = ROOT / ".device"  # git-ignored: never commit FER2013 or anything built 
 REAL_FER2013 = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 CARRY_LIMIT = 64 * 2**20
 # What the GPU machine lacks (its package list: /work/.library/device/KINDS.md), pinned to this venv's versions.
+# typing-extensions too: pydantic 2.14 needs >= 4.16, and the machine's version is not on record.
 WHEELS = ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0", "pydantic==2.14.4", "pydantic-core==2.50.5",
-          "annotated-types==0.8.0", "typing-inspection==0.4.5")
+          "annotated-types==0.8.0", "typing-inspection==0.4.5", "typing-extensions==4.16.0")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 # The first job is the short one, so a call cut short still brings one run back. time_budget_minutes is the
-# safety stop; fast_cpu's cosine_time schedule anneals over it, so it is also that recipe's length here.
+# safety stop; fast_cpu's cosine_time schedule anneals over it, so it is also that recipe's length here. The
+# held-out split is the CPU runs' (benchmarks/README.md), so the figures compare.
 JOBS = (
-    ("fast_cpu", {"train.time_budget_minutes": 1.5}),
-    ("paper", {"train.time_budget_minutes": 5.5}),  # the paper's 100 epochs, if they fit
+    ("fast_cpu", {"train.time_budget_minutes": 1.5, "data.test_fraction": 0.1}),
+    ("paper", {"train.time_budget_minutes": 5.5, "data.test_fraction": 0.1}),  # the paper's 100 epochs, if they fit
 )
 USAGE = {0: "Training", 1: "PublicTest"}
 XZ_FILTERS = [{"id": lzma.FILTER_DELTA, "dist": 48}, {"id": lzma.FILTER_LZMA2, "preset": 9}]
 
 
 def pack() -> None:
-    """Write ``.device/fer2013.xz`` (an .npz of ``x`` uint8 [n,48,48], ``y`` and ``usage`` uint8 [n]) and the
-    wheels, and print the ``device`` command; refuses when the carry would exceed 64 MiB."""
+    """Write ``.device/fer2013.xz`` (an .npz of ``x`` uint8 [n,48,48], ``y`` and ``usage`` uint8 [n], and the
+    source file's name and ``data_digest``) and the wheels, and print the ``device`` command; refuses when the
+    carry would exceed 64 MiB."""
     import numpy as np
 
+    from fer_ablate.data.cache import content_hash
     from fer_ablate.data.fer_csv import parse_fer_csv
 
     CARRY.mkdir(exist_ok=True)
     x, y, usage, _ = parse_fer_csv(REAL_FER2013)
     keep = np.isin(usage, list(USAGE))
     buf = io.BytesIO()
-    np.savez(buf, x=x[keep], y=y[keep].astype(np.uint8), usage=usage[keep].astype(np.uint8))
+    np.savez(buf, x=x[keep], y=y[keep].astype(np.uint8), usage=usage[keep].astype(np.uint8),
+             source=REAL_FER2013.name, digest=content_hash(REAL_FER2013))
     started = time.perf_counter()
     (CARRY / "fer2013.xz").write_bytes(lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, filters=XZ_FILTERS))
     print(f"faces: {keep.sum()} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -77,13 +82,15 @@ def pack() -> None:
     if carried + tree > CARRY_LIMIT:
         raise SystemExit("too large for one device call: carry fewer wheels")
     print("device command (carry [\".device\"], timeout_s 560):\n"
-          "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "
-          ".device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 && "
-          "nvidia-smi -L; set -o pipefail; python3 benchmarks/gpu_runs.py train --out $OUT 2>&1 | tee $OUT/log")
+          "set -eo pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+          "--target /tmp/site .device/whl/*.whl && "
+          "export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 && nvidia-smi -L && "
+          "python3 benchmarks/gpu_runs.py train --out $OUT 2>&1 | tee $OUT/log")
 
 
-def write_csv(path: Path) -> None:
-    """FER2013's CSV (``emotion,pixels,Usage``) from the carried arrays, for the normal data loader."""
+def write_csv(path: Path) -> dict[str, str]:
+    """FER2013's CSV (``emotion,pixels,Usage``) from the carried arrays, for the normal data loader; returns
+    the original file's ``location`` and ``digest`` (the faces are array-for-array the same, the file is not)."""
     import numpy as np
 
     arrays = np.load(io.BytesIO(lzma.decompress((CARRY / "fer2013.xz").read_bytes())))
@@ -91,6 +98,7 @@ def write_csv(path: Path) -> None:
         out.write("emotion,pixels,Usage\n")
         for face, label, usage in zip(arrays["x"], arrays["y"], arrays["usage"], strict=True):
             out.write(f"{label},{' '.join(map(str, face.ravel().tolist()))},{USAGE[int(usage)]}\n")
+    return {"location": str(arrays["source"]), "digest": str(arrays["digest"])}
 
 
 def train_jobs(out: Path, jobs: list[tuple[str, dict]], data: str | None) -> None:
@@ -108,9 +116,10 @@ def train_jobs(out: Path, jobs: list[tuple[str, dict]], data: str | None) -> Non
     from fer_ablate.training.metrics import confusion
 
     out.mkdir(parents=True, exist_ok=True)
+    original = {}
     if data is None:
         data = "/tmp/fer2013.csv"
-        write_csv(Path(data))
+        original = write_csv(Path(data))
     records = []
     for variant, overrides in jobs:
         cfg = resolve_config(variant, {"data.source": data, "train.verbose": 2, **overrides})
@@ -121,7 +130,8 @@ def train_jobs(out: Path, jobs: list[tuple[str, dict]], data: str | None) -> Non
         records.append({
             "variant": variant, "config": cfg, "config_hash": config_hash(cfg),
             "machine_tags": run_machine_tags(cfg["train"]),
-            "data": {"source": dataset.source, "digest": dataset.digest, "sizes": dataset.sizes()},
+            "data": {"source": dataset.source, "location": dataset.location, "digest": dataset.digest,
+                     "sizes": dataset.sizes(), **original},
             "epochs": epochs, "history": result.history,
             "metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
             "cost": {"param_count": result.param_count, "best_epoch": result.best_epoch,
@@ -142,18 +152,24 @@ def log_runs(path: Path, experiment: str) -> list[str]:
     import mlflow
 
     from fer_ablate import tracking
+    from fer_ablate.data import CLASS_NAMES
     from fer_ablate.tracking.machine_tags import log_machine_tags
 
     ctx = tracking.open_context(experiment)
     run_ids = []
     for record in json.loads(path.read_text()):
-        name = f"{record['variant']} · GPU · {record['config']['train']['time_budget_minutes']:g} min"
+        device = record["machine_tags"].get("machine.device_kind", "?").upper()
+        name = f"{record['variant']} · {device} · {record['config']['train']['time_budget_minutes']:g} min"
         with tracking.tracked_run(ctx.experiment_id, name, {"benchmark": "gpu_runs"}) as run:
             tracking.log_config(record["config"], record["config_hash"])
             log_machine_tags(record["machine_tags"])
             data = record["data"]
-            mlflow.set_tags({"data_source": data["source"], "data_digest": data["digest"],
-                             **{f"data_size_{split}": str(n) for split, n in data["sizes"].items()}})
+            # As log_dataset would (no dataset inputs: the faces are not here); the digest is the original
+            # file's, so grid and k-fold reports pair these runs with CPU runs on the same faces.
+            synthetic = str(data["source"] == "synthetic").lower()
+            mlflow.set_tags({"data_source": data["source"], "data_location": data["location"],
+                             "data_digest": data["digest"], "data_synthetic": synthetic})
+            mlflow.log_params({f"data_n_{split}": n for split, n in data["sizes"].items()})
             for step, metrics in record["epochs"]:
                 tracking.log_metrics(metrics, step)
             step = max(record["cost"]["epochs_run"], 1)
@@ -161,7 +177,7 @@ def log_runs(path: Path, experiment: str) -> list[str]:
             mlflow.log_metrics(record["cost"])
             mlflow.log_dict(record["history"], "metrics/history.json")
             for split, matrix in record["confusions"].items():
-                mlflow.log_dict({"matrix": matrix}, f"metrics/confusion_{split}.json")
+                mlflow.log_dict({"classes": list(CLASS_NAMES), "matrix": matrix}, f"metrics/confusion_{split}.json")
         run_ids.append(run.info.run_id)
         print(f"{name}: run {run.info.run_id}, val_accuracy {record['metrics'].get('val_accuracy', float('nan')):.4f}")
     return run_ids
