@@ -207,6 +207,11 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     if requested != "auto":
         return choose_precision(requested, "", frozenset())
     machine = current_machine()
+    return machine_precision(machine, requested)
+
+
+def machine_precision(machine: Machine, requested: str) -> tuple[str, str]:
+    """``choose_precision`` for ``machine``: its backend, CPU flags, GPUs and oneDNN ISA cap."""
     return choose_precision(requested, machine.backend, machine.cpu_flags, machine.gpus, machine.onednn_isa_cap)
 
 
@@ -243,8 +248,7 @@ def machine_tags(machine: Machine, requested: str, devices: str | int = "auto") 
     """MLflow tags for a run: backend, devices, CPU speed flags, cores, the precision resolved from
     ``requested`` (``precision_resolved``) with its reason, and the data-parallel device count ``devices``
     resolves to (``devices_used``; ``refused: ...`` for an impossible request, which training then refuses)."""
-    precision, reason = choose_precision(requested, machine.backend, machine.cpu_flags, machine.gpus,
-                                         machine.onednn_isa_cap)
+    precision, reason = machine_precision(machine, requested)
     visible = len(machine.devices) if machine.backend == "jax" else 1
     try:
         used = str(choose_device_count(devices, machine.backend, max(visible, 1), len(machine.gpus)))
@@ -276,7 +280,7 @@ def format_machine(machine: Machine) -> str:
     """A few lines for a person (benchmark headers, ``fer-ablate doctor``)."""
     flags = " ".join(f"{f}{'+' if f in machine.cpu_flags else '-'}" for f in SPEED_FLAGS)
     gpus = ", ".join(f"{g.name} (cc {'.'.join(map(str, g.compute_capability or ('?',)))})" for g in machine.gpus)
-    auto, why = choose_precision("auto", machine.backend, machine.cpu_flags, machine.gpus, machine.onednn_isa_cap)
+    auto, why = machine_precision(machine, "auto")
     cap = f" (oneDNN capped by ONEDNN_MAX_CPU_ISA={machine.onednn_isa_cap})" if machine.onednn_isa_cap else ""
     return "\n".join([
         f"machine:   {machine.cpu_model}, {machine.cores} cores / {machine.threads} threads, {platform.machine()}",
