@@ -146,7 +146,7 @@ VARIANT_HASHES = {
     "dropout50": "8c377ece5a49", "aug": "8c377ece5a49", "noaug": "fe54c1e91ada", "plateau": "f98024768764",
     # deliberate changes, issue 14: 5ac4a9a01b40 until train.precision: auto; 794cbcc380fa until width 24 and
     # pool_before_bn (benchmarks/README.md: 66.8% PublicTest in 60 minutes on the AVX2 path)
-    "fast_cpu": "ed421733d24f",
+    "fast_cpu": "ed421733d24f", "fast_cpu_small": "0f7ced396cfa",
 }
 SMOKE_HASHES = {("paper", 1): "e888c3b9798e", ("paper", 2): "db7d83007ea1", ("kernel5", 1): "c2168527a755",
                 ("kernel5", 2): "be869c6d20e3"}
@@ -155,6 +155,13 @@ SMOKE_HASHES = {("paper", 1): "e888c3b9798e", ("paper", 2): "db7d83007ea1", ("ke
 def test_config_hashes_are_pinned():
     assert {name: config_hash(resolve_config(name)) for name in load_variants()} == VARIANT_HASHES
     assert {(s.label, s.seed): s.config_hash for s in expand(load_experiment_file("smoke"))} == SMOKE_HASHES
+
+
+def test_a_variant_builds_on_another_through_a_yaml_merge_key():
+    # fast_cpu_small is `<<: *fast_cpu` plus four keys (variants.yaml): it changes with fast_cpu, never apart
+    small, fast = flatten(resolve_config("fast_cpu_small")), flatten(resolve_config("fast_cpu"))
+    assert {key for key in fast if small[key] != fast[key]} == {
+        "variant", "model.base_filters", "augment.rotation", "augment.zoom", "augment.shift"}
 
 
 def test_config_hash_is_stable_and_sensitive():

@@ -36,6 +36,7 @@ PARAMETER_COUNTS = {
     "kernel3": 5_905_863, "dropout0": 5_905_863, "dropout25": 5_905_863, "dropout50": 5_905_863,
     "layers10": 4_590_023, "kernel5": 14_229_959, "paper_initial": 14_229_959,
     "fast_cpu": 860_847,  # 1,439,719 until issue 14 narrowed it to base_filters 24
+    "fast_cpu_small": 428_279,
 }
 
 
