@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     kfold.add_argument("--no-report", action="store_true")
     kfold.set_defaults(func=cmd_kfold)
 
-    report = sub.add_parser("report", help="report an experiment against the 66% and 71.2% baselines")
+    report = sub.add_parser("report", help="report an experiment against the 66%% and 71.2%% baselines")
     target = report.add_mutually_exclusive_group(required=True)
     target.add_argument("--experiment")
     target.add_argument("--kfold", help="k-fold group or variant: a parent run id, or an experiment/variant name")

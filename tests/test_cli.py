@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 from conftest import tiny_overrides
 
-from fer_ablate.cli import main
+from fer_ablate.cli import build_parser, main
 from fer_ablate.config.settings import resolve_config
 from fer_ablate.training.loop import build_models
 
@@ -15,6 +16,17 @@ def test_variants_lists_each_change(capsys):
     out = capsys.readouterr().out
     assert "kernel5" in out and "model.kernel_size=5" in out
     assert "paper_initial" in out and "train.batch_size=32" in out
+
+
+def test_help_of_every_command_prints(capsys):
+    # argparse %-formats help strings: a bare "66%" in one made `fer-ablate --help` crash with a TypeError
+    commands = [[]] + [[name] for name in build_parser()._subparsers._group_actions[0].choices]
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0, command
+        assert "usage: fer-ablate" in capsys.readouterr().out
+    assert main(["variants"]) == 0 and "fast_cpu_small" in capsys.readouterr().out
 
 
 def test_unknown_key_and_variant_are_refused(capsys):
