@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from fer_ablate import interrupts
+from fer_ablate.errors import FerAblateError
 from fer_ablate.logs import configure_logging
 
 
@@ -129,6 +130,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         folder = write_report(args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri)
     print(f"report: {folder / 'report.md'}\n        {folder / 'report.html'}")
+    from fer_ablate import tracking
+
+    tracking.log_runs_table()  # the store the report just read, and the MLflow experiment its rule picks
     return 0
 
 
@@ -163,11 +167,26 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Register a run's model (as a photo model) and move the alias to it."""
-    from fer_ablate.inference.registered import promote
+    from fer_ablate.config.errors import ConfigError
+    from fer_ablate.inference.registered import best_grid_run, promote
 
-    version = promote(args.run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
+    if (args.run_id is None) == (args.best_of is None):
+        raise ConfigError("promote needs a RUN_ID or --best-of EXPERIMENT (one of them)")
+    run_id = args.run_id
+    if args.best_of:
+        run_id, line = best_grid_run(args.best_of, tracking_uri=args.tracking_uri)
+        print(line)
+    version = promote(run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
     print(f"registered {args.name} version {version.version}; models:/{args.name}@{args.alias} -> version "
           f"{version.version}")
+    return 0
+
+
+def cmd_serving_request(args: argparse.Namespace) -> int:
+    """The JSON body of a request to the served photo model, from photo files (post it with curl -d @FILE)."""
+    from fer_ablate.inference.serving_input import write_request
+
+    write_request(args.photos, out=args.output, tta=args.tta, crops=args.crops)
     return 0
 
 
@@ -219,26 +238,42 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_options() -> dict[str, argparse.ArgumentParser]:
+    """Options several commands share, each declared once (argparse parent parsers, given by ``parents=``)."""
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override any setting (in every run or trial), e.g. --set model.kernel_size=5 "
+                                "(repeatable; later wins)")
+
+    # train and kfold: shortcuts for --set data.source, train.epochs, train.batch_size, train.seed (_overrides)
+    shortcuts = argparse.ArgumentParser(add_help=False)
+    shortcuts.add_argument("--data", default=None, help="auto | synthetic | FER2013 CSV(.gz) | image-folder root")
+    shortcuts.add_argument("--epochs", type=_optional_int(minimum=1), default=None,
+                           help="default: the variant's own (0 also means that)")
+    shortcuts.add_argument("--batch-size", type=_optional_int(minimum=1), default=None)
+    shortcuts.add_argument("--seed", type=_optional_int(minimum=0), default=None,
+                           help="training seed (kfold: of every fold); default: the variant's own (a negative "
+                                "value also means that)")
+    return {"tracking": tracking, "overrides": overrides, "shortcuts": shortcuts}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="fer-ablate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    shared = _shared_options()
+    tracking, overrides, shortcuts = shared["tracking"], shared["overrides"], shared["shortcuts"]
 
-    train = sub.add_parser("train", help="train one variant as a tracked MLflow run")
+    train = sub.add_parser("train", help="train one variant as a tracked MLflow run",
+                           parents=[shortcuts, overrides, tracking])
     train.add_argument("--variant", default="paper", help="variant name (see `fer-ablate variants`)")
     train.add_argument("--variant-file", default=None, help="YAML file of variants (default: the built-in)")
-    train.add_argument("--data", default=None, help="auto | synthetic | FER2013 CSV(.gz) | image-folder root")
-    train.add_argument("--epochs", type=_optional_int(minimum=1), default=None,
-                       help="default: the variant's own (0 also means that)")
-    train.add_argument("--batch-size", type=_optional_int(minimum=1), default=None)
-    train.add_argument("--seed", type=_optional_int(minimum=0), default=None,
-                       help="default: the variant's own (a negative value also means that)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any setting, e.g. --set model.kernel_size=5 (repeatable)")
     train.add_argument("--experiment-name", default=None,
                        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else fer-ablate)")
     train.add_argument("--run-name", default=None)
-    train.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     train.set_defaults(func=cmd_train)
 
     variants = sub.add_parser("variants", help="list variants and what each changes")
@@ -252,20 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    ablate = sub.add_parser("ablate", help="run every run of an experiment (resumable grid)")
+    ablate = sub.add_parser("ablate", help="run every run of an experiment (resumable grid)",
+                            parents=[overrides, tracking])
     ablate.add_argument("--experiment", required=True, help="name in experiments/ or a YAML path")
     ablate.add_argument("--dry-run", action="store_true", help="print the expanded run list and exit")
     ablate.add_argument("--workers", type=_optional_int(minimum=1), default=1,
                         help="runs in parallel, each in its own process")
     ablate.add_argument("--storage", default=None,
                         help="Optuna RDB URL (postgresql://...) shared by several machines running this grid")
-    ablate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting in every run (e.g. train.epochs=20)")
-    ablate.add_argument("--tracking-uri", default=None)
     ablate.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     ablate.set_defaults(func=cmd_ablate)
 
-    kfold = sub.add_parser("kfold", help="k-fold cross-validation of a variant or of an experiment's variants")
+    kfold = sub.add_parser("kfold", help="k-fold cross-validation of a variant or of an experiment's variants",
+                           parents=[shortcuts, overrides, tracking])
     kfold.add_argument("--variant", default="paper")
     kfold.add_argument("--experiment", default=None, help="every variant of this experiment, on the same folds")
     kfold.add_argument("--folds", type=_whole_number, default=5,
@@ -275,24 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     kfold.add_argument("--include-validation", action="store_true",
                        help="pool the validation split (FER2013 PublicTest) with train before folding")
     kfold.add_argument("--workers", type=_optional_int(minimum=1), default=1, help="folds in parallel processes")
-    kfold.add_argument("--data", default=None)
-    kfold.add_argument("--epochs", type=_optional_int(minimum=1), default=None)
-    kfold.add_argument("--batch-size", type=_optional_int(minimum=1), default=None)
-    kfold.add_argument("--seed", type=_optional_int(minimum=0), default=None, help="training seed (every fold)")
-    kfold.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    kfold.add_argument("--tracking-uri", default=None)
     kfold.add_argument("--no-report", action="store_true")
     kfold.set_defaults(func=cmd_kfold)
 
-    report = sub.add_parser("report", help="report an experiment against the 66%% and 71.2%% baselines")
+    report = sub.add_parser("report", help="report an experiment against the 66%% and 71.2%% baselines",
+                            parents=[tracking])
     target = report.add_mutually_exclusive_group(required=True)
     target.add_argument("--experiment")
     target.add_argument("--kfold", help="k-fold group or variant: a parent run id, or an experiment/variant name")
     report.add_argument("--out", default=None, help="folder (default: reports/<experiment>/)")
-    report.add_argument("--tracking-uri", default=None)
     report.set_defaults(func=cmd_report)
 
-    tune = sub.add_parser("tune", help="tune hyperparameters with Optuna (resumable, tracked)")
+    tune = sub.add_parser("tune", help="tune hyperparameters with Optuna (resumable, tracked)",
+                          parents=[overrides, tracking])
     tune.add_argument("--space", required=True, help="name in search_spaces/ or a YAML path")
     tune.add_argument("--n-trials", type=_optional_int(minimum=1), default=20,
                       help="finished trials wanted in the study (all workers together)")
@@ -301,24 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sqlite:///FILE (default ./optuna.db), journal:PATH, or postgresql://user@host/db")
     tune.add_argument("--study-name", default=None, help="default: the space's name; same name = resume")
     tune.add_argument("--workers", type=_optional_int(minimum=1), default=1, help="worker processes on this host")
-    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in every trial")
-    tune.add_argument("--tracking-uri", default=None)
     tune.set_defaults(func=cmd_tune)
 
-    tune_report = sub.add_parser("tune-report", help="best trial, Optuna plots and best variant of a study")
+    tune_report = sub.add_parser("tune-report", help="best trial, Optuna plots and best variant of a study",
+                                 parents=[tracking])
     tune_report.add_argument("--study-name", required=True)
     tune_report.add_argument("--storage", default=None)
-    tune_report.add_argument("--tracking-uri", default=None)
     tune_report.set_defaults(func=cmd_tune_report)
 
-    promote = sub.add_parser("promote", help="register a run's model and point the 'champion' alias at it")
-    promote.add_argument("run_id")
+    promote = sub.add_parser("promote", help="register a run's model and point the 'champion' alias at it",
+                             parents=[tracking])
+    promote.add_argument("run_id", nargs="?", default=None, help="the run whose model to register")
+    promote.add_argument("--best-of", default=None, metavar="EXPERIMENT",
+                         help="instead of RUN_ID: the grid run of this experiment file with the best val_accuracy")
     promote.add_argument("--name", default="fer-ablate", help="registered model name")
     promote.add_argument("--alias", default="champion")
-    promote.add_argument("--tracking-uri", default=None)
     promote.set_defaults(func=cmd_promote)
 
-    predict = sub.add_parser("predict", help="faces and emotions in photos, folders and videos")
+    predict = sub.add_parser("predict", help="faces and emotions in photos, folders and videos", parents=[tracking])
     predict.add_argument("inputs", nargs="+", help="images, videos or folders of them")
     predict.add_argument("--model", default="models:/fer-ablate@champion",
                          help="models:/NAME@ALIAS, runs:/ID/model or a .keras file")
@@ -328,11 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--crops", action="store_true", help="the images already are face crops")
     predict.add_argument("--tta", action="store_true", help="average with the mirrored face")
     predict.add_argument("--equalize", action="store_true", help="histogram-equalise each face crop")
-    predict.add_argument("--tracking-uri", default=None)
     predict.set_defaults(func=cmd_predict)
 
-    doctor = sub.add_parser("doctor", help="this machine: backend, devices, precision auto picks, tracking, data")
-    doctor.add_argument("--tracking-uri", default=None)
+    request = sub.add_parser("serving-request", help="write the JSON body of a request to the served photo model")
+    request.add_argument("photos", nargs="+", metavar="PHOTO", help="image files, one request row each")
+    request.add_argument("--tta", action="store_true", help="ask the server to average with the mirrored face")
+    request.add_argument("--crops", action="store_true", help="the images already are face crops")
+    request.add_argument("-o", "--output", default=None, help="write the body to this file (default: stdout)")
+    request.set_defaults(func=cmd_serving_request)
+
+    doctor = sub.add_parser("doctor", help="this machine: backend, devices, precision auto picks, tracking, data",
+                            parents=[tracking])
     doctor.set_defaults(func=cmd_doctor)
 
     models = sub.add_parser("models", help="list registered model builders")
@@ -342,36 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fer-ablate`` console script."""
-    from fer_ablate.config.settings import ConfigError
-    from fer_ablate.data import DataError
-
+    """Entry point of the ``fer-ablate`` console script: parse, dispatch, and turn a user-fixable error
+    (any FerAblateError) into one line on stderr and its kind's exit code (see fer_ablate.errors)."""
     configure_logging()
     # Ctrl-C and SIGTERM end runs KILLED, and never land inside a store write (see fer_ablate.interrupts).
     previous_handlers = interrupts.install()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as exc:
+    except FerAblateError as exc:
         print(f"fer-ablate: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fer-ablate: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:  # TrackingError and friends: a clear line, not a traceback
-        from fer_ablate.runs.shared_queue import StorageError
-        from fer_ablate.tracking import TrackingError
-
-        if isinstance(exc, (TrackingError, StorageError)):
-            print(f"fer-ablate: error: {exc}", file=sys.stderr)
-            return 3
-        if type(exc).__name__ == "StudyFailing":  # tuning.study's; named, not imported: no Optuna here
-            print(f"fer-ablate: error: {exc}", file=sys.stderr)
-            return 1
-        raise
     finally:
         interrupts.restore(previous_handlers)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+RUN_EAGERLY_ENV = "FER_ABLATE_RUN_EAGERLY"  # fer_ablate.training.loop.RUN_EAGERLY_ENV (no Keras import here)
+
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_FER2013 = PROJECT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 # Shrinks the real config (lightning-hydra style): tiny widths, a sliver of synthetic data, 1 epoch. The source
@@ -27,10 +29,20 @@ def isolated_stores(tmp_path_factory):
     os.environ["FER_ABLATE_REPORTS"] = str(root / "reports")  # reports written without --out
     os.environ.pop("FER_DATA", None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Tiny models train eagerly: tracing their graphs was ~70% of the suite's CPU time. Tests about graph
+    # mode, XLA or bf16 are marked `graph` and run without it (the fixture below); subprocesses inherit it.
+    os.environ[RUN_EAGERLY_ENV] = "1"
     before = _project_outputs()
     yield root
     leaked = sorted(_project_outputs() - before)
     assert not leaked, f"tests wrote into the project tree: {leaked[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def graph_mode(request, monkeypatch):
+    """Tests marked ``graph`` train as real runs do (traced graphs, XLA where asked), not eagerly."""
+    if request.node.get_closest_marker("graph"):
+        monkeypatch.delenv(RUN_EAGERLY_ENV, raising=False)
 
 
 def _project_outputs() -> set[str]:
@@ -62,6 +74,17 @@ def fer_csv_gz(fer_csv) -> Path:
     path = fer_csv.with_suffix(".csv.gz")
     path.write_bytes(gzip.compress(fer_csv.read_bytes()))
     return path
+
+
+# The shipped smoke files learn (2,000 faces, 3 epochs); tests that only exercise the machinery shrink them.
+SHRUNK_FIXED = {"model.base_filters": 4, "data.synthetic_samples": 300, "train.epochs": 1}
+
+
+def shrink(text: str) -> str:
+    """A smoke experiment or search-space file's text with ``SHRUNK_FIXED`` added to its ``fixed:`` block."""
+    assert "\nfixed:\n" in text, "a smoke file without a fixed: block"
+    lines = "".join(f"  {key}: {value}\n" for key, value in SHRUNK_FIXED.items())
+    return text.replace("\nfixed:\n", "\nfixed:\n" + lines, 1)
 
 
 def tiny_overrides(**extra) -> dict:

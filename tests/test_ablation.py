@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, SHRUNK_FIXED, shrink
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.reports.grid_report import write_report
@@ -26,7 +26,7 @@ def _children(name: str):
 
 
 def _smoke_copy(tmp_path, name: str, extra: str = "") -> str:
-    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", f"name: {name}") + extra
+    text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", f"name: {name}") + extra
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return str(path)
@@ -41,7 +41,7 @@ def test_smoke_grid_parent_children_and_report(tmp_path):
     children = _children("smoke_e2e")
     assert len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {outcome.parent_run_id}
-    assert {c.info.run_name for c in children} == {"paper · seed 1", "paper · seed 2", "kernel5 · seed 1",
+    assert {c.info.run_name for c in children} == {"smoke · seed 1", "smoke · seed 2", "kernel5 · seed 1",
                                                    "kernel5 · seed 2"}
     assert all(c.info.status == "FINISHED" for c in children)
     # The parent's row in the MLflow runs table shows its children's headline numbers.
@@ -55,12 +55,12 @@ def test_smoke_grid_parent_children_and_report(tmp_path):
 
     folder = write_report("smoke_e2e", out_dir=tmp_path / "report")
     md = (folder / "report.md").read_text()
-    for label in ("paper", "kernel5"):
+    for label in ("smoke", "kernel5"):
         vals = [c.data.metrics["val_accuracy"] for c in children if c.data.tags["run_label"] == label]
         mean = 100 * sum(vals) / len(vals)
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
         assert f"{mean:.1f} ±" in row and "| 2/2 |" in row
-    assert "kernel5 vs paper" in md and "95% CI" in md
+    assert "kernel5 vs smoke" in md and "95% CI" in md
     html = (folder / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
@@ -126,8 +126,9 @@ def test_dry_run_lists_runs_with_config_hash(capsys):
 def test_mlflow_run_ablate_entry_point(tmp_path):
     """`mlflow run . -e ablate -P experiment=smoke --env-manager local`: the launcher's run is the parent."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    shrunk = " ".join(f"{k}={v}" for k, v in SHRUNK_FIXED.items())
     cmd = [sys.executable, "-m", "mlflow", "run", str(PROJECT), "-e", "ablate", "-P", "experiment=smoke",
-           "--env-manager", "local", "--experiment-name", "ablate-entry-point"]
+           "-P", f"overrides={shrunk}", "--env-manager", "local", "--experiment-name", "ablate-entry-point"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()

@@ -98,6 +98,7 @@ def test_time_cosine_warms_up_then_decays_to_one_percent_of_the_peak():
         resolve_config("paper", {"train.lr_schedule": "cosine_time"})
 
 
+@pytest.mark.graph
 def test_xla_request_with_the_warp_falls_back_instead_of_failing(faces):
     from fer_ablate.training.loop import compile_for_training
 

@@ -99,12 +99,22 @@ def test_auto_on_gpus_follows_the_compute_capability(gpu, expected):
 
 
 def test_explicit_precision_is_kept_and_bad_values_are_refused():
-    assert choose_precision("float32", "tensorflow", frozenset(XEON_AMX)) == ("float32", "requested explicitly")
+    assert choose_precision("float32", "tensorflow", frozenset(XEON_AMX))[0] == "float32"
     assert choose_precision("mixed_bfloat16", "tensorflow", frozenset(EPYC_ZEN3))[0] == "mixed_bfloat16"
     with pytest.raises(ValueError, match="train.precision"):
         choose_precision("fp8", "tensorflow", frozenset())
     with pytest.raises(ConfigError, match="train.precision"):
         resolve_config("paper", {"train.precision": "fp8"})
+
+
+def test_precision_reason_says_who_set_it_and_never_claims_a_request_the_user_did_not_make():
+    from fer_ablate.training.loop import precision_origin
+
+    assert "requested" not in choose_precision("float32", "tensorflow", frozenset())[1]
+    assert precision_origin(resolve_config("kernel3")).startswith("the default of train.precision")
+    assert precision_origin(resolve_config("kernel3", {"train.precision": "mixed_bfloat16"})).startswith("requested")
+    cfg = resolve_config("fast_cpu", {"train.precision": "float32"})
+    assert precision_origin(cfg).startswith("requested")
 
 
 def test_device_count_rules():
@@ -143,6 +153,7 @@ def test_machine_tags_name_backend_devices_flags_and_precision():
     assert "amx_bf16+" in text and "auto -> mixed_bfloat16" in text
 
 
+@pytest.mark.graph  # one tracked run as a real run trains: traced graphs
 def test_every_run_is_tagged_with_its_machine(tmp_path):
     from fer_ablate.runs.single import train_and_track
 
@@ -159,6 +170,7 @@ def test_every_run_is_tagged_with_its_machine(tmp_path):
     assert mlflow.get_run(run_id).data.params["train.precision"] == "auto"
 
 
+@pytest.mark.graph
 def test_parameter_count_does_not_depend_on_the_precision():
     from fer_ablate.training.loop import build_models, compile_for_training
 

@@ -19,7 +19,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT, TINY, served_model
+from conftest import PROJECT, TINY, served_model, shrink
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.config.settings import resolve_config
@@ -171,7 +171,7 @@ def test_jax_predicts_on_a_real_photo(jax_subset_run, tmp_path):
 def test_jax_two_run_grid(tmp_path):
     from fer_ablate.runs.grid import GridRequest, run_experiment
 
-    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: jax_grid")
+    text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", "name: jax_grid")
     path = tmp_path / "jax_grid.yaml"
     path.write_text(text.replace("seeds: [1, 2]", "seeds: [1]"))  # kernel3 and kernel5, one seed: 2 runs
     outcome = run_experiment(GridRequest(str(path)))
@@ -184,7 +184,7 @@ def test_jax_two_run_grid(tmp_path):
 def test_jax_two_trial_study(tmp_path):
     from fer_ablate.tuning.study import StudyRequest, run_study
 
-    text = (PROJECT / "search_spaces" / "smoke.yaml").read_text().replace("name: smoke", "name: jax_study")
+    text = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text()).replace("name: smoke", "name: jax_study")
     path = tmp_path / "jax_study.yaml"
     path.write_text(text)
     summary = run_study(StudyRequest(str(path), n_trials=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}"))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import optuna
 import pytest
-from conftest import PROJECT, TINY
+from conftest import PROJECT, TINY, shrink
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.cli import main
@@ -130,11 +130,11 @@ def test_three_fold_run_end_to_end_with_ensemble_and_resume(tmp_path):
 
 
 def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
-    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: smoke_kfold_exp")
+    text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", "name: smoke_kfold_exp")
     path = tmp_path / "smoke_kfold_exp.yaml"
     path.write_text(text)
     outcomes = run_kfold(KFoldRequest(experiment_file=str(path), folds=3))
-    assert [o.label for o in outcomes] == ["paper", "kernel5"]
+    assert [o.label for o in outcomes] == ["smoke", "kernel5"]
     client = MlflowClient()
     parents = [client.get_run(o.parent_run_id) for o in outcomes]
     group = parents[0].data.tags["mlflow.parentRunId"]
@@ -144,8 +144,8 @@ def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
 
     folder = write_kfold_report("smoke_kfold_exp", out_dir=tmp_path / "report")
     md = (folder / "report.md").read_text()
-    assert "| paper | 3/3 |" in md and "| kernel5 | 3/3 |" in md
-    assert "kernel5 vs paper:" in md and "over 3 folds" in md and "Wilcoxon" in md
+    assert "| smoke | 3/3 |" in md and "| kernel5 | 3/3 |" in md
+    assert "kernel5 vs smoke:" in md and "over 3 folds" in md and "Wilcoxon" in md
     assert (folder / "kfold_accuracy.png").stat().st_size > 1000 and (folder / "kfold_differences.png").exists()
     logged = {a.path for a in client.list_artifacts(group, "report")}
     assert {"report/report.md", "report/report.html", "report/kfold_accuracy.png"} <= logged

@@ -26,6 +26,13 @@ def test_parameters_are_typed():
             assert isinstance(spec, dict) and spec.get("type") in {"string", "float", "path", "uri"}, (name, param)
 
 
+def test_project_name_is_the_source_shown_for_mlflow_run_runs():
+    """`mlflow run` runs read `fer-ablate:<entry point>` in the UI's Source column (tracking.project_source_tags)."""
+    from fer_ablate.tracking.store import PROJECT_NAME
+
+    assert SPEC["name"] == PROJECT_NAME
+
+
 def test_commands_call_the_cli():
     for entry in SPEC["entry_points"].values():
         assert entry["command"].startswith("python -m fer_ablate.cli ")

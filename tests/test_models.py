@@ -37,6 +37,7 @@ PARAMETER_COUNTS = {
     "layers10": 4_590_023, "kernel5": 14_229_959, "paper_initial": 14_229_959,
     "fast_cpu": 860_847,  # 1,439,719 until issue 14 narrowed it to base_filters 24
     "fast_cpu_small": 428_279,
+    "smoke": 44_319,  # issue 20: the first run that learns in under a minute
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT, TINY
+from conftest import PROJECT, TINY, shrink
 from mlflow.tracking import MlflowClient
 
 from fer_ablate import tracking
@@ -127,7 +127,7 @@ def test_bad_variant_experiment_and_study_names_are_refused(tmp_path, capsys, mo
 
 def _space(tmp_path: Path, name: str) -> str:
     """The smoke search space renamed, 1 epoch, no pruner (as tests/test_tuning.py builds it)."""
-    text = (PROJECT / "search_spaces" / "smoke.yaml").read_text().replace("name: smoke", f'name: "{name}"')
+    text = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text()).replace("name: smoke", f'name: "{name}"')
     text = text.replace("pruner: {type: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: {type: none}")
     path = tmp_path / "space.yaml"
     path.write_text(text.replace("epochs: 2", "epochs: 1"), encoding="utf-8")

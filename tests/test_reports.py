@@ -1,7 +1,7 @@
 """Reports read tracked runs only: built here from runs written straight into a real MLflow store.
 
 No training: each test writes the parent and child runs a grid or a k-fold run would leave (tags, metrics,
-``run_list.json``), then builds the report from them.
+``run_list.json``, ``fold_runs.json``), then builds the report from them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fer_ablate import tracking
-from fer_ablate.reports.grid_report import write_report
+from fer_ablate.data import CLASS_NAMES
+from fer_ablate.reports.grid_report import collect, recall_title, write_report
 from fer_ablate.reports.kfold_report import write_kfold_report
 
 
@@ -33,8 +34,9 @@ def _run(client, experiment_id, name, tags, metrics=None, parent=None):
     return run_id
 
 
-def _grid(client, experiment_id, name, digests):
-    """A finished grid: base ``paper`` and ``kernel5``, seeds 1 and 2; ``digests[(label, seed)]`` = data."""
+def _grid(client, experiment_id, name, digests, tags=None, metrics=None):
+    """A finished grid: base ``paper`` and ``kernel5``, seeds 1 and 2; ``digests[(label, seed)]`` = data;
+    ``tags``/``metrics`` ``[(label, seed)]``: more of them on that child (e.g. what training records)."""
     plan = {"name": name, "description": "", "design": "one_at_a_time", "base": "paper", "seeds": [1, 2],
             "runs": [{"label": label, "seed": seed, "key": f"{label}|{seed}", "levels": {"model": label}}
                      for label in ("paper", "kernel5") for seed in (1, 2)]}
@@ -45,9 +47,9 @@ def _grid(client, experiment_id, name, digests):
         label, seed = item["label"], item["seed"]
         ids[label, seed] = _run(client, experiment_id, f"{label} · seed {seed}", {
             "fer_ablate_kind": "ablation-child", "fer_ablate_name": name, "run_label": label, "seed": str(seed),
-            "child_key": item["key"], "data_digest": digests[label, seed]},
-            {"val_accuracy": 0.5 + 0.01 * seed + (0.03 if label == "kernel5" else 0.0), "test_accuracy": 0.5},
-            parent)
+            "child_key": item["key"], "data_digest": digests[label, seed], **(tags or {}).get((label, seed), {})},
+            {"val_accuracy": 0.5 + 0.01 * seed + (0.03 if label == "kernel5" else 0.0), "test_accuracy": 0.5,
+             **(metrics or {}).get((label, seed), {})}, parent)
     return parent, ids
 
 
@@ -73,6 +75,7 @@ def test_grid_report_pairs_every_seed_on_one_data(mlflow_experiment, tmp_path):
                                                             ("kernel5", 2)], "aaa"))
     markdown = (write_report("same", out_dir=tmp_path) / "report.md").read_text()
     assert "not paired" not in markdown and "same data" not in markdown
+    assert "Read this first" not in markdown and "degenerate" not in markdown  # older runs: no tags, no warning
     assert next(line for line in markdown.splitlines() if line.startswith("| kernel5 | paper |")).split("|")[3] \
         .strip() == "2"
 
@@ -112,3 +115,85 @@ def test_report_looks_in_the_rules_mlflow_experiment_and_says_where_else(monkeyp
         write_kfold_report("lost_grp", out_dir=tmp_path)
     with pytest.raises(tracking.TrackingError, match="no kfold run named 'never'.*fer-ablate kfold --variant never"):
         write_kfold_report("never", out_dir=tmp_path)
+
+
+ONLY_HAPPY = {f"val_recall_{c}": 1.0 if c == "happy" else 0.0 for c in CLASS_NAMES}
+LEARNED = {f"val_recall_{c}": r for c, r in zip(CLASS_NAMES, (0.55, 0.2, 0.35, 0.85, 0.6, 0.5, 0.75), strict=True)}
+
+
+def test_grid_report_says_which_runs_are_degenerate_or_synthetic(mlflow_experiment, tmp_path):
+    """Runs tagged by training as degenerate, and runs on synthetic faces, are named above the tables."""
+    keys = [("paper", 1), ("paper", 2), ("kernel5", 1), ("kernel5", 2)]
+    tags = {key: {"data_source": "synthetic", "degenerate": "false", "degenerate_reason": ""} for key in keys}
+    for key in (("kernel5", 1), ("paper", 2)):
+        tags[key] = {"data_source": "synthetic", "degenerate": "true",
+                     "degenerate_reason": "predicts only 'happy' on validation (30 of 30 images)"}
+    metrics = {key: {"epochs_run": 1, **(ONLY_HAPPY if tags[key]["degenerate"] == "true" else LEARNED)}
+               for key in keys}
+    _grid(MlflowClient(), mlflow_experiment, "toy", dict.fromkeys(keys, "aaa"), tags, metrics)
+    markdown = (write_report("toy", out_dir=tmp_path) / "report.md").read_text()
+    lines = markdown.splitlines()
+    first = lines.index("## Read this first")
+    assert first < next(i for i, line in enumerate(lines) if line.startswith("| variant |"))  # above the tables
+    assert lines[first + 2].startswith("- Warning: 2 of 4 runs are degenerate")
+    assert "- Warning: kernel5 · seed 1: predicts only 'happy' on validation (30 of 30 images)" in lines
+    assert "- Warning: paper · seed 2: predicts only 'happy' on validation (30 of 30 images)" in lines
+    assert not any("paper · seed 1:" in line or "kernel5 · seed 2:" in line for line in lines)
+    assert ("- These 4 runs trained on the built-in synthetic faces for 1 epoch: a check of the machinery, "
+            "not a result about FER.") in lines
+    # Per-class recall: said from the numbers, per variant.
+    assert "- kernel5: lowest recall: disgust 10%, fear 18%; highest: happy 92%" in lines
+
+
+def test_recall_title_comes_from_the_numbers(mlflow_experiment, tmp_path):
+    """A grid whose model predicts only 'happy': the title names that, not "disgust and fear" in advance."""
+    keys = [("paper", 1), ("paper", 2), ("kernel5", 1), ("kernel5", 2)]
+    _grid(MlflowClient(), mlflow_experiment, "happy", dict.fromkeys(keys, "aaa"),
+          metrics=dict.fromkeys(keys, ONLY_HAPPY))
+    _, _, variants = collect("happy")
+    title = recall_title(variants)
+    assert title == ("per-class validation recall (mean over seeds and 2 variants): recall 0% for 6 of 7 classes "
+                     "(angry, disgust, fear, neutral, sad, surprise); recalled: happy 100%")
+    _grid(MlflowClient(), mlflow_experiment, "learned", dict.fromkeys(keys, "aaa"),
+          metrics=dict.fromkeys(keys, LEARNED))
+    assert recall_title(collect("learned")[2]).endswith("lowest recall: disgust 20%, fear 35%; highest: happy 85%")
+    markdown = (write_report("happy", out_dir=tmp_path) / "report.md").read_text()
+    assert "- paper: recall 0% for 6 of 7 classes" in markdown
+    assert "where FER models fail" not in markdown
+
+
+def _kfold_variant(client, experiment_id, label, fold_scores, fold_tags, group=None, test_split="test"):
+    """A k-fold parent with one finished child per fold (what ``kfold`` leaves), and its ``fold_runs.json``."""
+    k = len(fold_scores)
+    parent = _run(client, experiment_id, label, {
+        "fer_ablate_kind": "kfold", "fer_ablate_name": label, "kfold_k": str(k), "kfold_folds": "f00",
+        "data_digest": "aaa", "data_source": fold_tags[0].get("data_source", "fer2013"),
+        "kfold_test_split": test_split, **({"kfold_group_run": group} if group else {})},
+        {f"fold{f}_val_accuracy": v for f, v in enumerate(fold_scores)}, group)
+    folds = {str(f): _run(client, experiment_id, f"{label} · fold {f + 1}/{k}",
+                          {"fer_ablate_kind": "kfold-child", "fer_ablate_name": label, "fold": str(f), **tags},
+                          {"val_accuracy": v, "epochs_run": 1}, parent)
+             for f, (v, tags) in enumerate(zip(fold_scores, fold_tags, strict=True))}
+    client.log_text(parent, json.dumps(folds), "fold_runs.json")
+    return parent
+
+
+def test_kfold_report_names_degenerate_folds_and_bounds_its_intervals(mlflow_experiment, tmp_path):
+    client = MlflowClient()
+    group = _run(client, mlflow_experiment, "toy", {"fer_ablate_kind": "kfold-group", "fer_ablate_name": "toy"})
+    synthetic = {"data_source": "synthetic", "degenerate": "false"}
+    stuck = {"data_source": "synthetic", "degenerate": "true",
+             "degenerate_reason": "predicts only 'happy' on validation (30 of 30 images)"}
+    _kfold_variant(client, mlflow_experiment, "paper", [0.25, 0.8], [synthetic, stuck], group)
+    _kfold_variant(client, mlflow_experiment, "kernel5", [0.3, 0.7], [synthetic, synthetic], group)
+    folder = write_kfold_report("toy", out_dir=tmp_path)
+    lines = (folder / "report.md").read_text().splitlines()
+    assert "- Warning: 1 of 4 runs is degenerate" in "\n".join(lines)
+    assert "- Warning: paper · fold 2/2: predicts only 'happy' on validation (30 of 30 images)" in lines
+    assert ("- These 4 runs trained on the built-in synthetic faces for 1 epoch: a check of the machinery, "
+            "not a result about FER.") in lines
+    # Two folds: no interval, a reason (the plain t-interval of 25% and 80% was [-33.1, 75.7]).
+    row = next(line for line in lines if line.startswith("| paper | 2/2 |"))
+    assert "| n = 2: too few for an interval |" in row and "-33" not in row
+    assert "- kernel5 vs paper: -2.5 points from 2 pairs (n = 2: too few for an interval or a test)" in lines
+    assert "Test = the held-out split (test) that no fold trains on." in "\n".join(lines)

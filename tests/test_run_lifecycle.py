@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import PROJECT, TINY
+from conftest import PROJECT, TINY, shrink
 from mlflow.tracking import MlflowClient
 
 from fer_ablate import tracking
@@ -44,14 +44,14 @@ def _env() -> dict[str, str]:
 
 
 def _experiment_file(tmp_path: Path, name: str, seeds: str = "[1]") -> str:
-    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", f"name: {name}")
+    text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", f"name: {name}")
     path = tmp_path / f"{name}.yaml"
     path.write_text(text.replace("seeds: [1, 2]", f"seeds: {seeds}"))
     return str(path)
 
 
 def _space_file(tmp_path: Path, name: str, extra: str = "") -> str:
-    text = (PROJECT / "search_spaces" / "smoke.yaml").read_text().replace("name: smoke", f"name: {name}")
+    text = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text()).replace("name: smoke", f"name: {name}")
     path = tmp_path / f"{name}.yaml"
     path.write_text(text.replace("epochs: 2", "epochs: 1") + extra)
     return str(path)

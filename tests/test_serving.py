@@ -3,6 +3,9 @@
 MLflow's scoring server runs ``predict`` in a thread pool on one shared model object, so a request that
 asks for the test-time flip must not change what a simultaneous request without it gets. Checked on the
 loaded pyfunc model from many threads, and over HTTP against a real ``mlflow models serve`` process.
+
+Also: the request body written from photo files (``serving_input.write_request``), and the ``notice`` a
+photo model carrying its training run's tags puts on every row (none for a model without them).
 """
 
 from __future__ import annotations
@@ -25,17 +28,22 @@ from skimage import data as skdata
 from fer_ablate.config.settings import resolve_config
 from fer_ablate.data.synthetic import make_synthetic_faces
 from fer_ablate.inference import pyfunc_entry
+from fer_ablate.inference.faces import ImageError
+from fer_ablate.inference.provenance import SYNTHETIC
 from fer_ablate.inference.pyfunc_model import PROB_COLUMNS
 from fer_ablate.inference.registered import photo_signature
+from fer_ablate.inference.serving_input import decode_base64_image, request_body, write_request
 from fer_ablate.training.loop import build_models
 
 REQUESTS = 16  # per check: 4 threads, alternating tta, so requests overlap with ones of the other kind
 THREADS = 4
+DEGENERATE = "predicts only 'happy' on validation (30 of 30 images)"
+TOY_TAGS = {"data_source": "synthetic", "data_synthetic": "true", "degenerate": "true", "degenerate_reason": DEGENERATE}
 
 
 @pytest.fixture(scope="module")
-def photo_model(tmp_path_factory) -> Path:
-    """An untrained tiny CNN saved as the MLflow photo model (no tracking store, no training needed)."""
+def keras_file(tmp_path_factory) -> Path:
+    """An untrained tiny CNN saved as a .keras file (no tracking store, no training needed)."""
     folder = tmp_path_factory.mktemp("served")
     # One dense layer without dropout, so the output depends on the input (and on its mirror image).
     cfg = resolve_config("paper", {**TINY, "model.dense_units": [16], "model.dense_dropout": [0.0]})
@@ -45,12 +53,28 @@ def photo_model(tmp_path_factory) -> Path:
     emotion = inference.get_layer("paper_cnn").get_layer("emotion")
     kernel, bias = emotion.get_weights()
     emotion.set_weights([kernel * 50, bias])
-    keras_file = folder / "model.keras"
-    inference.save(keras_file)
-    path = folder / "photo_model"
-    mlflow.pyfunc.save_model(path, python_model=pyfunc_entry.__file__, artifacts={"keras_model": str(keras_file)},
-                             signature=photo_signature())
+    path = folder / "model.keras"
+    inference.save(path)
     return path
+
+
+def _save_photo_model(keras_file: Path, path: Path, **kwargs) -> Path:
+    mlflow.pyfunc.save_model(path, python_model=pyfunc_entry.__file__, artifacts={"keras_model": str(keras_file)},
+                             signature=photo_signature(), **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_model(keras_file) -> Path:
+    """The photo model as ``mlflow.pyfunc.save_model`` makes it, without training tags (nothing to say)."""
+    return _save_photo_model(keras_file, keras_file.parent / "photo_model")
+
+
+@pytest.fixture(scope="module")
+def toy_photo_model(keras_file) -> Path:
+    """The same model carrying a synthetic, degenerate training run's tags, as ``promote`` writes them."""
+    return _save_photo_model(keras_file, keras_file.parent / "toy_photo_model",
+                             model_config={"training_tags": TOY_TAGS})
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +128,33 @@ def test_concurrent_http_requests_with_different_tta(photo_model, frames):
             expected = reference[job][PROB_COLUMNS].to_numpy()
             served = np.array([[row[c] for c in PROB_COLUMNS] for row in got])
             np.testing.assert_allclose(served, expected, atol=1e-5, err_msg=str(job))
+
+
+def test_served_rows_say_when_the_model_is_a_toy(photo_model, toy_photo_model, frames):
+    empty = pd.DataFrame({"image": [frames["photo"]["image"][0], base64.b64encode(cv2.imencode(
+        ".png", np.full((64, 64), 128, np.uint8))[1].tobytes()).decode()]})  # a face, then no face
+    toy = mlflow.pyfunc.load_model(str(toy_photo_model)).predict(empty)
+    assert list(toy["message"]) == ["", "no face found"]
+    assert list(toy["notice"]) == [f"{SYNTHETIC}; degenerate model: {DEGENERATE}"] * 2
+    plain = mlflow.pyfunc.load_model(str(photo_model)).predict(empty)
+    assert list(plain["notice"]) == ["", ""]  # a model that carries no training tags says nothing
+    pd.testing.assert_frame_equal(plain.drop(columns="notice"), toy.drop(columns="notice"))
+
+
+def test_request_body_from_photo_files(tmp_path, capsys):
+    first, second = tmp_path / "a.jpg", tmp_path / "b.png"
+    first.write_bytes(b"\xff\xd8 not checked here: the server answers for the image itself")
+    second.write_bytes(bytes(range(256)) * 3)
+    body = request_body([first, str(second)], tta=True)
+    assert body["params"] == {"tta": True, "crops": False}
+    assert [decode_base64_image(row["image"], "x") for row in body["dataframe_records"]] == \
+        [first.read_bytes(), second.read_bytes()]
+    out = write_request([second], tmp_path / "sub" / "request.json", crops=True)
+    assert json.loads(out.read_text()) == {"dataframe_records": [{"image": base64.b64encode(
+        second.read_bytes()).decode()}], "params": {"tta": False, "crops": True}}
+    assert write_request([first]) is None and json.loads(capsys.readouterr().out) == request_body([first])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for paths, problem in (([], "no photos given"), ([tmp_path / "missing.jpg"], "missing.jpg: no such file"),
+                           ([tmp_path], "not a regular file"), ([tmp_path / "empty.jpg"], "empty file")):
+        with pytest.raises(ImageError, match=problem):
+            request_body(paths)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, shrink
 from mlflow.tracking import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -26,7 +26,7 @@ from fer_ablate.runs.shared_queue import GRACE_ENV, HEARTBEAT_ENV, StorageError,
 
 def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
     optuna_url, mlflow_url = postgres("optuna_grid"), postgres("mlflow_grid")
-    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: smoke_shared")
+    text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", "name: smoke_shared")
     path = tmp_path / "smoke_shared.yaml"
     path.write_text(text.replace("seeds: [1, 2]", "seeds: [1, 2, 3]"))
     # Create both schemas once, as the first machine of a new deployment does.
@@ -64,7 +64,7 @@ def _children(client: MlflowClient, name: str) -> list:
 @pytest.mark.slow  # about 2 minutes (30-epoch runs, heartbeat grace); .ci/run runs the slow tests too
 def test_a_killed_workers_run_is_taken_by_the_live_worker_in_the_same_round(postgres, tmp_path):
     optuna_url, mlflow_url = postgres("optuna_kill"), postgres("mlflow_kill")
-    text = (PROJECT / "experiments" / "smoke.yaml").read_text().replace("name: smoke", "name: smoke_killed")
+    text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", "name: smoke_killed")
     path = tmp_path / "smoke_killed.yaml"
     # 2 runs (kernel3, kernel5; seed 1), enough epochs that the victim is surely still training when killed.
     path.write_text(text.replace("train.epochs: 1", "train.epochs: 30").replace("seeds: [1, 2]", "seeds: [1]"))

@@ -9,7 +9,7 @@ import sys
 
 import optuna
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, shrink
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -26,7 +26,7 @@ from fer_ablate.tuning.space_match import (
 # A list-valued categorical parameter: Optuna stores its choice by index.
 LISTS = ("model.kernel_size: {type: categorical, choices: [3, 5]}",
          "model.dense_units: {type: categorical, choices: [[16, 8, 8], [8, 8, 8]]}")
-SMOKE = (PROJECT / "search_spaces" / "smoke.yaml").read_text()
+SMOKE = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text())
 
 
 def _write(tmp_path, *edits: tuple[str, str]) -> str:
@@ -123,10 +123,10 @@ def test_widened_range_is_accepted_with_a_warning_and_recorded(tmp_path, caplog)
     storage = _storage("journal", tmp_path)
     space = load_space(_write(tmp_path))
     _add_trial(_open(storage, space), space)
-    wider = load_space(_write(tmp_path, ("high: 0.03", "high: 0.1")))
+    wider = load_space(_write(tmp_path, ("high: 0.01", "high: 0.1")))
     with caplog.at_level(logging.WARNING, logger="fer_ablate.tuning.space_match"):
         study = _open(storage, wider)
-    assert "parameter 'train.learning_rate' high was 0.03, now 0.1" in caplog.text
+    assert "parameter 'train.learning_rate' high was 0.01, now 0.1" in caplog.text
     assert study.user_attrs[SPACE_ATTR]["params"]["train.learning_rate"]["high"] == 0.1
     _add_trial(study, wider)
 

@@ -68,7 +68,10 @@ def test_mlflow_run_main_entry_point(tmp_path):
     runs = MlflowClient().search_runs(
         [mlflow.get_experiment_by_name("mlproject-test").experiment_id])
     assert len(runs) == 1
-    _check_finished_run(runs[0].info.run_id, "kernel3", 1)
+    run = _check_finished_run(runs[0].info.run_id, "kernel3", 1)
+    tags = run.data.tags  # MLflow's UI shows the Source as fer-ablate:main, not the project folder's name
+    assert tags["mlflow.source.type"] == "PROJECT" and tags["mlflow.source.name"] == "fer-ablate:main"
+    assert tags["project_uri"] == PROJECT.as_uri() and tags["command"].startswith("fer-ablate train --variant kernel3")
 
 
 def test_api_run_and_evaluate_cli(tmp_path):
@@ -136,3 +139,4 @@ def test_one_rule_chooses_the_mlflow_experiment(monkeypatch):
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
     assert tracking.configure() == launcher == tracking.project_experiment_ids()[0]
     assert client.get_experiment(launcher).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "mlflow.sharedViewState.fer-ablate-headline" in client.get_experiment(launcher).tags  # the runs table's view

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, shrink
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -20,7 +20,7 @@ from fer_ablate.tuning.study import StudyRequest, run_study
 
 
 def _space(tmp_path, name: str, extra: str = "", pruner: str = "{type: none}") -> str:
-    text = (PROJECT / "search_spaces" / "smoke.yaml").read_text().replace("name: smoke", f"name: {name}")
+    text = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text()).replace("name: smoke", f"name: {name}")
     text = text.replace("pruner: {type: median, n_startup_trials: 1, n_warmup_steps: 0}", f"pruner: {pruner}")
     path = tmp_path / f"{name}.yaml"
     path.write_text(text + extra)
@@ -115,7 +115,7 @@ def _env(**extra):
 def test_postgres_two_workers_and_a_killed_worker(postgres, tmp_path):
     optuna_url, mlflow_url = postgres("optuna_tune"), postgres("mlflow_tune")
     space = _space(tmp_path, "pg")
-    env = _env(MLFLOW_TRACKING_URI=mlflow_url, FER_ABLATE_HEARTBEAT="2")
+    env = _env(MLFLOW_TRACKING_URI=mlflow_url, FER_ABLATE_HEARTBEAT_SECONDS="2", FER_ABLATE_HEARTBEAT_GRACE_SECONDS="6")
     cmd = [sys.executable, "-m", "fer_ablate.cli", "tune", "--space", space, "--storage", optuna_url,
            "--study-name", "pg"]
     MlflowClient(mlflow_url).search_experiments()  # create the MLflow schema once, as a first machine does

@@ -3,6 +3,10 @@ reports) can check names (``config.names``) without importing ``config.settings`
 
 from __future__ import annotations
 
+from fer_ablate.errors import EXIT_BAD_INPUT, FerAblateError
 
-class ConfigError(ValueError):
+
+class ConfigError(FerAblateError, ValueError):
     """A configuration file, variant or override is invalid; the message names the key."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -7,14 +7,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fer_ablate.errors import EXIT_BAD_INPUT, FerAblateError
+
 # FER2013's label order; every loader maps to it.
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 48
 
 
-class DataError(ValueError):
+class DataError(FerAblateError, ValueError):
     """Input data is malformed; the message names the file, the row or image, and the problem."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def show_data(value: bytes | str, limit: int = 40) -> str:

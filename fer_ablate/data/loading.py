@@ -143,7 +143,7 @@ def load_dataset(data_cfg: dict[str, Any], purpose: str = "train") -> Dataset:
         kind, location = "fer2013-csv", str(Path(source).resolve())
     if purpose == "train" and "train" not in splits:
         raise DataError(_no_train_message(source, splits))
-    splits = _carve_test(splits, data_cfg.get("test_fraction", 0.0), data_cfg["split_seed"])
+    splits = _carve_test(splits, data_cfg["test_fraction"], data_cfg["split_seed"])
     splits = _apply_limits(splits, data_cfg)
     dataset = Dataset(splits=splits, source=kind, location=location, digest=digest, skipped=skipped)
     log.info("data: %s %s, sizes %s", kind, location, dataset.sizes())

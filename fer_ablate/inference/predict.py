@@ -8,6 +8,8 @@ every record finished before the interrupt. Annotated copies (box, label, top-3)
 and, per video, a PNG timeline of the emotions over time to ``timelines/``, each under its path relative
 to the inputs' common folder, so ``2023/IMG_0001.jpg`` and ``2024/IMG_0001.jpg`` never overwrite each
 other; two inputs that differ only by extension (``clip.mp4``, ``clip.avi``) get the extension added.
+A model with caveats from its training run (trained on synthetic faces, degenerate: ``provenance``) is
+said so in a warning on stderr and in a ``notice`` field of every record; a plain ``.keras`` file has none.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from fer_ablate.inference.pyfunc_model import FaceClassifier, FacePrediction
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 CSV_COLUMNS = ["file", "frame", "time_s", "face", "x", "y", "w", "h", "label", "score",
-               *[f"p_{c}" for c in CLASS_NAMES], "output", "message"]
+               *[f"p_{c}" for c in CLASS_NAMES], "output", "message"]  # + "notice" for a model with caveats
 
 
 def _hidden(path: Path, folder: Path) -> bool:
@@ -224,18 +226,23 @@ def predict_paths(classifier: FaceClassifier, paths: list[str], out_dir: str | P
 
     With ``out_dir``, records go to ``out_dir/predictions.{fmt}`` one by one (flushed), and annotated
     images and timelines next to them; ``on_record`` is called with each record as it is made. A missing
-    or unreadable input is an error record. Raises ImageError for ``every`` < 1.
+    or unreadable input is an error record. The classifier's notices are logged as warnings first and
+    carried in each record's ``notice``. Raises ImageError for ``every`` < 1.
     """
     if every < 1:
         raise ImageError(f"--every must be at least 1, got {every}")
+    for notice in classifier.notices:
+        log.warning("%s", notice)
     files = expand_inputs(paths)
     out = Path(out_dir) if out_dir else None
     names = OutputNames(files)
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    with RecordWriter(out / f"predictions.{fmt}" if out else None) as writer:
+    with RecordWriter(out / f"predictions.{fmt}" if out else None, notice=bool(classifier.notices)) as writer:
         for n, path in enumerate(files, 1):
             for record in _predict_file(classifier, path, every, crops, out, names):
+                if classifier.notice:  # absent, not empty, for a model without caveats: records stay as they were
+                    record["notice"] = classifier.notice
                 records.append(record)
                 writer.write(record)
                 if on_record is not None:
@@ -264,10 +271,12 @@ class RecordWriter:
     """Writes records to JSON lines or CSV (by the path's suffix) one at a time, flushed after each.
 
     A ``None`` path writes nothing. Use as a context manager; the file is closed on any exit, Ctrl-C too.
+    ``notice``: the CSV gets a last column ``notice`` (records of a model with caveats carry one).
     """
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, notice: bool = False):
         self.path = path
+        self.columns = [*CSV_COLUMNS, "notice"] if notice else CSV_COLUMNS
         self.file: IO[str] | None = None
         self.csv: csv.DictWriter | None = None
 
@@ -276,7 +285,7 @@ class RecordWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = self.path.open("w", newline="" if self.path.suffix == ".csv" else None)
             if self.path.suffix == ".csv":
-                self.csv = csv.DictWriter(self.file, CSV_COLUMNS)
+                self.csv = csv.DictWriter(self.file, self.columns, extrasaction="ignore")
                 self.csv.writeheader()
         return self
 
@@ -300,12 +309,13 @@ def _csv_row(r: dict[str, Any]) -> dict[str, Any]:
     probs = r.get("probabilities") or {}
     return {"file": r["file"], "frame": r.get("frame"), "time_s": r.get("time_s"), "face": r["face"],
             **dict(zip("xywh", box, strict=True)), "label": r["label"], "score": r.get("score"),
-            **{f"p_{c}": probs.get(c) for c in CLASS_NAMES}, "output": r.get("output"), "message": r["message"]}
+            **{f"p_{c}": probs.get(c) for c in CLASS_NAMES}, "output": r.get("output"), "message": r["message"],
+            "notice": r.get("notice", "")}  # dropped by a writer without the notice column
 
 
 def write_records(records: list[dict[str, Any]], path: Path) -> Path:
     """JSON lines, or CSV with one probability column per class (by the path's suffix)."""
-    with RecordWriter(path) as writer:
+    with RecordWriter(path, notice=any("notice" in r for r in records)) as writer:
         for record in records:
             writer.write(record)
     return path

@@ -19,11 +19,12 @@ import pandas as pd
 from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE
 from fer_ablate.inference.faces import Box, FaceDetector, ImageError, as_crop, crop_face, decode_image
 from fer_ablate.inference.model_contract import check_model
+from fer_ablate.inference.provenance import CONFIG_KEY, notices
 from fer_ablate.inference.serving_input import check_request_size, decode_base64_image
 
 log = logging.getLogger(__name__)
 PROB_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
-OUTPUT_COLUMNS = ["row", "face", "x", "y", "w", "h", "label", "score", *PROB_COLUMNS, "message"]
+OUTPUT_COLUMNS = ["row", "face", "x", "y", "w", "h", "label", "score", *PROB_COLUMNS, "message", "notice"]
 
 
 @dataclass
@@ -56,12 +57,20 @@ class FaceClassifier:
     Safe to share between threads (MLflow's server predicts in a thread pool): ``tta`` and ``equalize`` are
     defaults fixed at construction, a request's own choice is an argument (``classify_crops(crops, tta=...)``),
     and the OpenCV cascade, whose ``detectMultiScale`` is not thread-safe, runs under a lock.
+
+    ``notices``: caveats from the model's training run (``provenance.notices``), said with every answer.
     """
 
-    def __init__(self, model: Any, tta: bool = False, equalize: bool = False, detector: FaceDetector | None = None):
-        self.model, self.tta, self.equalize = model, tta, equalize
+    def __init__(self, model: Any, tta: bool = False, equalize: bool = False, detector: FaceDetector | None = None,
+                 notices: tuple[str, ...] = ()):
+        self.model, self.tta, self.equalize, self.notices = model, tta, equalize, tuple(notices)
         self.detector = detector or FaceDetector()
         self._detect_lock = threading.Lock()
+
+    @property
+    def notice(self) -> str:
+        """The notices as one line ("" for none): what predict records and served rows carry."""
+        return "; ".join(self.notices)
 
     def classify_crops(self, crops: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """Probabilities ``float32 [n, 7]`` for ``uint8 [n, 48, 48]`` crops; with TTA (``tta``, else the
@@ -123,21 +132,22 @@ def predictions_frame(classifier: FaceClassifier, frame: pd.DataFrame, crops: bo
     check_request_size(list(frame["image"]) if "image" in frame else [])  # before decoding any row
     rows: list[dict[str, Any]] = []
     errors = []
+    notice = classifier.notice  # on every row: a client reading one row still learns the model is a toy
     for i, record in enumerate(frame.to_dict("records")):
         try:
             grey = _decode_record(record, i)
         except ImageError as exc:
             errors.append(str(exc))
-            rows.append({"row": i, "face": -1, "message": str(exc)})
+            rows.append({"row": i, "face": -1, "message": str(exc), "notice": notice})
             continue
         # A pixels row is a FER2013 crop by definition; an image is a photo unless crops mode is asked for.
         faces = classifier.analyse(grey, crops_mode=crops or not record.get("image"), tta=tta)
         if not faces:
-            rows.append({"row": i, "face": -1, "message": "no face found"})
+            rows.append({"row": i, "face": -1, "message": "no face found", "notice": notice})
         for j, face in enumerate(faces):
             box = face.box.as_list() if face.box else [0, 0, grey.shape[1], grey.shape[0]]
             rows.append({"row": i, "face": j, **dict(zip("xywh", box, strict=True)), "label": face.label,
-                         "score": float(face.probabilities.max()), "message": "",
+                         "score": float(face.probabilities.max()), "message": "", "notice": notice,
                          **{c: float(p) for c, p in zip(PROB_COLUMNS, face.probabilities, strict=True)}})
     if frame.shape[0] and len(errors) == frame.shape[0]:
         raise ImageError("; ".join(errors[:5]))
@@ -148,7 +158,9 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc: a DataFrame of images (``image`` base64 or ``pixels``) in, one row per face out.
 
     Params: ``tta`` (mirror averaging), ``crops`` (images are face crops already). A request whose rows
-    are all unreadable is answered HTTP 400 with the reason; other rows carry their own ``message``.
+    are all unreadable is answered HTTP 400 with the reason; other rows carry their own ``message``. Every
+    row's ``notice`` says what the training run's tags, carried in the model's ``model_config`` by
+    ``promote``, say about the model (trained on synthetic faces, degenerate); "" when nothing.
     """
 
     def load_context(self, context: Any) -> None:
@@ -157,7 +169,9 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
         from fer_ablate import models  # noqa: F401  (registers the custom layers the saved model may hold)
 
         model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
-        self.classifier = FaceClassifier(check_model(model, "the photo model's keras_model artifact"))
+        config = getattr(context, "model_config", None) or {}  # a model saved without one carries no tags
+        self.classifier = FaceClassifier(check_model(model, "the photo model's keras_model artifact"),
+                                         notices=notices(config.get(CONFIG_KEY) or {}))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:

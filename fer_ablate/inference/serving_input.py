@@ -1,4 +1,5 @@
-"""Base64 images as clients send them, and the size limits of a request to the served photo model.
+"""Base64 images as clients send them, the size limits of a request to the served photo model, and the
+request body built from photo files (``fer-ablate serving-request``).
 
 Accepted: plain base64, base64 wrapped at 76 columns (MIME, ``base64`` on Linux), with a
 ``data:image/...;base64,`` prefix (browsers' ``FileReader.readAsDataURL``), and the URL-safe alphabet
@@ -9,16 +10,28 @@ refuses, before decoding anything, an image whose base64 holds more than ``FER_A
 bytes (default 20 MB: a 40 M pixel JPEG from a phone is 10-15 MB) and a request whose images hold more
 than ``FER_ABLATE_MAX_REQUEST_BYTES`` in all (default 100 MB). To stop a large body before it is even
 read, put a proxy in front of the server (nginx ``client_max_body_size``).
+
+Request files: a photo's base64 does not fit on a command line (``curl -d "...$(base64 photo.jpg)..."``
+fails with "Argument list too long" past ~96 kB of photo: Linux caps one argument at 128 kB), so
+``write_request`` writes the JSON body to a file that ``curl -d @request.json`` sends.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import logging
 import os
 import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from fer_ablate.inference.faces import ImageError
+
+log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 20_000_000  # default per image (decoded bytes); env FER_ABLATE_MAX_IMAGE_BYTES
 MAX_REQUEST_BYTES = 100_000_000  # default per request, all images together; env FER_ABLATE_MAX_REQUEST_BYTES
@@ -82,3 +95,49 @@ def check_request_size(images: list[object]) -> None:
     if total > limit:
         raise ImageError(f"request: {len(images)} rows with about {_mb(total)} of images is over the {_mb(limit)} "
                          "limit (FER_ABLATE_MAX_REQUEST_BYTES): send fewer or smaller images per request")
+
+
+def request_body(paths: Sequence[str | os.PathLike], tta: bool = False, crops: bool = False) -> dict[str, Any]:
+    """The JSON body of a request to the served photo model: one ``image`` row (plain base64) per file, in
+    order, and the params ``tta`` and ``crops``.
+
+    Raises ImageError for no paths, or a path that is missing, not a regular file or empty. A photo over
+    the server's default limits is only warned about: the server's environment may set others.
+    """
+    if not paths:
+        raise ImageError("no photos given: name one or more image files")
+    rows = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise ImageError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+        data = path.read_bytes()
+        if not data:
+            raise ImageError(f"{path}: empty file")
+        if len(data) > MAX_IMAGE_BYTES:
+            log.warning("%s: %s is over the server's default %s per image (FER_ABLATE_MAX_IMAGE_BYTES)", path,
+                        _mb(len(data)), _mb(MAX_IMAGE_BYTES))
+        rows.append({"image": base64.b64encode(data).decode("ascii")})
+    total = sum(len(row["image"]) * 3 // 4 for row in rows)
+    if total > MAX_REQUEST_BYTES:
+        log.warning("%d photos hold %s, over the server's default %s per request (FER_ABLATE_MAX_REQUEST_BYTES)",
+                    len(rows), _mb(total), _mb(MAX_REQUEST_BYTES))
+    return {"dataframe_records": rows, "params": {"tta": tta, "crops": crops}}
+
+
+def write_request(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, tta: bool = False,
+                  crops: bool = False) -> Path | None:
+    """Write ``request_body(paths, tta, crops)`` as JSON to the file ``out`` (its folder made), or to stdout
+    when ``out`` is None; return the file written (None for stdout). Raises ImageError as request_body."""
+    body = request_body(paths, tta=tta, crops=crops)
+    if out is None:
+        json.dump(body, sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return None
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body))
+    log.info("request for %d photo(s) written to %s: curl -X POST localhost:5001/invocations "
+             "-H 'Content-Type: application/json' -d @%s", len(body["dataframe_records"]), path, path)
+    return path

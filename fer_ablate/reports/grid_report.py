@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fer_ablate import tracking  # noqa: E402
-from fer_ablate.config.names import path_under, safe_name  # noqa: E402
-from fer_ablate.data import CLASS_NAMES  # noqa: E402
-from fer_ablate.paths import reports_dir  # noqa: E402
-from fer_ablate.reports.document import Report  # noqa: E402
-from fer_ablate.reports.plots import PAPER_ACCURACY, TANG_2013_ACCURACY, plot_confusion, save_figure  # noqa: E402
-from fer_ablate.reports.stats import mean_std, paired_effect  # noqa: E402
+from fer_ablate import tracking
+from fer_ablate.config.names import path_under, safe_name
+from fer_ablate.data import CLASS_NAMES
+from fer_ablate.paths import reports_dir
+from fer_ablate.reports.caveats import RunNote, caveats
+from fer_ablate.reports.document import Report
+from fer_ablate.reports.plots import epoch_axis, epoch_markers, finish_plot, plot_confusion, plt, save_figure
+from fer_ablate.reports.stats import mean_std, paired_effect
 
 KIND = tracking.ABLATION
 
@@ -48,6 +46,15 @@ class VariantRuns:
     def digests(self) -> dict[int, str]:
         """Seed -> ``data_digest`` tag of the finished run (what the run trained and was scored on)."""
         return {seed: run.data.tags.get("data_digest", "?") for seed, run in self.runs.items()}
+
+    def notes(self) -> list[RunNote]:
+        """What each finished run says about itself (degenerate, synthetic, epochs), named ``label · seed N``."""
+        return [RunNote.from_run(f"{self.label} · seed {seed}", run) for seed, run in sorted(self.runs.items())]
+
+    def recall(self) -> dict[str, float]:
+        """Class -> validation recall (0-1) averaged over seeds, for the classes the runs logged."""
+        found = {c: list(self.metric(f"val_recall_{c}").values()) for c in CLASS_NAMES}
+        return {c: float(np.mean(vals)) for c, vals in found.items() if vals}
 
 
 def collect(experiment_file: str, tracking_uri: str | None = None) -> tuple[str, dict[str, Any], list[VariantRuns]]:
@@ -146,15 +153,6 @@ def _plot_accuracy(variants: list[VariantRuns], path: Path) -> Path:
     return finish_plot(fig, ax, path)
 
 
-def finish_plot(fig, ax, path: Path) -> Path:
-    """Reference lines at 66% (the paper) and 71.2% (Tang 2013), legend, grid; save and close."""
-    ax.axhline(PAPER_ACCURACY, color="grey", ls=":", label="paper 66%")
-    ax.axhline(TANG_2013_ACCURACY, color="red", ls=":", label="Tang 2013 71.2%")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
 def _histories(v: VariantRuns) -> list[list[float]]:
     histories = (tracking.read_json(run.info.run_id, "metrics/history.json") for run in v.runs.values())
     return [h["val_accuracy"] for h in histories if h and "val_accuracy" in h]
@@ -162,30 +160,58 @@ def _histories(v: VariantRuns) -> list[list[float]]:
 
 def _plot_curves(variants: list[VariantRuns], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    longest = 1
     for i, v in enumerate(variants):
         curves = _histories(v)
         if not curves:
             continue
         length = min(len(c) for c in curves)
         arr = np.array([c[:length] for c in curves])
-        epochs = np.arange(1, length + 1)
-        ax.plot(epochs, arr.mean(axis=0), marker="o" if length < 3 else None, color=f"C{i % 10}", label=v.label)
+        epochs, longest = np.arange(1, length + 1), max(longest, length)
+        ax.plot(epochs, arr.mean(axis=0), color=f"C{i % 10}", label=v.label, **epoch_markers(length))
         if len(curves) > 1:
             ax.fill_between(epochs, arr.min(axis=0), arr.max(axis=0), color=f"C{i % 10}", alpha=0.15)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax, longest)
     ax.set_ylabel("val_accuracy (mean over seeds, band = min-max)")
     return finish_plot(fig, ax, path)
+
+
+def recall_summary(recall: dict[str, float]) -> str:
+    """What per-class recalls (class -> 0-1) show, from the numbers only: the classes never recalled when
+    there are two or more (a model stuck on few classes), else the two lowest and the highest, in percent."""
+    if not recall:
+        return "no per-class recall logged"
+    ranked = sorted(recall.items(), key=lambda item: (item[1], item[0]))
+    zero = [c for c, r in ranked if r == 0]
+    if len(zero) >= 2:
+        recalled = [f"{c} {r:.0%}" for c, r in ranked if r > 0]
+        return (f"recall 0% for {len(zero)} of {len(recall)} classes ({', '.join(zero)}); "
+                + (f"recalled: {', '.join(recalled)}" if recalled else "no class recalled"))
+    low = ", ".join(f"{c} {r:.0%}" for c, r in ranked[:2])
+    return f"lowest recall: {low}; highest: {ranked[-1][0]} {ranked[-1][1]:.0%}"
+
+
+def recall_title(variants: list[VariantRuns]) -> str:
+    """The per-class recall figure's title: ``recall_summary`` of the recalls averaged over the variants that
+    logged them (what the bars show), never a claim written in advance."""
+    per_variant = [v.recall() for v in variants if v.recall()]
+    pooled = {c: float(np.mean([r[c] for r in per_variant if c in r])) for c in CLASS_NAMES
+              if any(c in r for r in per_variant)}
+    over = "seeds" if len(per_variant) == 1 else f"seeds and {len(per_variant)} variants"
+    return f"per-class validation recall (mean over {over}): {recall_summary(pooled)}"
 
 
 def _plot_recall(variants: list[VariantRuns], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.2))
     width = 0.8 / max(len(variants), 1)
     for i, v in enumerate(variants):
-        means = [mean_std(list(v.metric(f"val_recall_{c}").values()))[0] for c in CLASS_NAMES]
-        ax.bar(np.arange(len(CLASS_NAMES)) + i * width, np.nan_to_num(means), width, label=v.label)
+        recall = v.recall()
+        ax.bar(np.arange(len(CLASS_NAMES)) + i * width, [recall.get(c, 0.0) for c in CLASS_NAMES], width,
+               label=v.label)
     ax.set_xticks(np.arange(len(CLASS_NAMES)) + 0.4 - width / 2, CLASS_NAMES)
     ax.set_ylabel("validation recall (mean over seeds)")
-    ax.set_title("per-class recall: disgust and fear are where FER models fail")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(textwrap.fill(recall_title(variants), 90), fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -222,6 +248,10 @@ def build(name: str, plan: dict, variants: list[VariantRuns], images: list[Path]
     report.paragraph(plan.get("description", ""))
     report.paragraph(f"Design: {plan['design']}; base: {plan['base']}; seeds: {plan['seeds']}. Reference lines: "
                      "66% (the paper's final model) and 71.2% (Tang 2013, FER2013 winner).")
+    warnings = caveats([note for v in variants for note in v.notes()])
+    if warnings:
+        report.heading("Read this first")
+        report.bullets(warnings)
     report.table(SUMMARY_COLUMNS, [
         [r["variant"], r["changes"], r["seeds"], _fmt(*r["val_accuracy"]), _fmt(*r["test_accuracy"]),
          _fmt(*r["val_macro_f1"]), str(r["params"] or "—"), _number(r["train_seconds"][0]),
@@ -234,6 +264,10 @@ def build(name: str, plan: dict, variants: list[VariantRuns], images: list[Path]
     report.heading("Effects on validation accuracy (paired by seed)")
     report.table(EFFECT_COLUMNS, [[label, ref, str(e.n), *e.cells()] for label, ref, e in effect_rows])
     report.bullets([e.sentence(label, ref) for label, ref, e in effect_rows] + refused)
+    recalls = [f"{v.label}: {recall_summary(v.recall())}" for v in variants if v.recall()]
+    if recalls:
+        report.heading("Per-class validation recall (mean over seeds)")
+        report.bullets(recalls)
     report.heading("Figures")
     report.figures(images)
     return report

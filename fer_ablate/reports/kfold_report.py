@@ -14,18 +14,14 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fer_ablate import tracking  # noqa: E402
-from fer_ablate.config.names import path_under  # noqa: E402
-from fer_ablate.paths import reports_dir  # noqa: E402
-from fer_ablate.reports.document import Report  # noqa: E402
-from fer_ablate.reports.grid_report import EFFECT_COLUMNS, finish_plot  # noqa: E402
-from fer_ablate.reports.plots import save_figure  # noqa: E402
-from fer_ablate.reports.stats import PairedEffect, mean_ci, paired_effect  # noqa: E402
+from fer_ablate import tracking
+from fer_ablate.config.names import path_under
+from fer_ablate.paths import reports_dir
+from fer_ablate.reports.caveats import RunNote, caveats
+from fer_ablate.reports.document import Report
+from fer_ablate.reports.grid_report import EFFECT_COLUMNS
+from fer_ablate.reports.plots import finish_plot, plt, save_figure
+from fer_ablate.reports.stats import PairedEffect, mean_ci, paired_effect
 
 KIND, GROUP_KIND = tracking.KFOLD, tracking.KFOLD_GROUP
 ALL_PAIRS_UP_TO = 5  # more variants than this: each against the base only (n^2 pairs stop being readable)
@@ -42,6 +38,7 @@ class FoldScores:
     k: int
     scores: dict[str, dict[int, float]]
     ensemble: float | None
+    test_split: str = ""  # the parent's ``kfold_test_split`` tag: the held-out split, "none", or "" (not tagged)
 
     @classmethod
     def from_run(cls, run: Any) -> FoldScores:
@@ -54,7 +51,7 @@ class FoldScores:
         tags = run.data.tags
         return cls(tags.get("fer_ablate_name", run.info.run_name), run.info.run_id, tags.get("kfold_folds", ""),
                    tags.get("data_digest", "?"), int(tags.get("kfold_k", 0)), scores,
-                   run.data.metrics.get("ensemble_test_accuracy"))
+                   run.data.metrics.get("ensemble_test_accuracy"), tags.get("kfold_test_split", ""))
 
 
 def collect(target: str, tracking_uri: str | None = None) -> tuple[str, str, list[FoldScores]]:
@@ -118,6 +115,30 @@ def fold_effect(a: FoldScores, b: FoldScores, metric: str = "val_accuracy") -> P
     return paired_effect([x[f] for f in common], [y[f] for f in common])
 
 
+def fold_notes(v: FoldScores) -> list[RunNote]:
+    """What each fold run behind ``v``'s scores says about itself (degenerate, synthetic, epochs), named
+    ``label · fold i/k``: the runs of the parent's ``fold_runs.json``. Without that list (or when none of its
+    runs can be read), the parent itself, whose ``data_source`` tag still tells synthetic faces."""
+    listed = tracking.read_json(v.run_id, "fold_runs.json")
+    notes = []
+    for fold, run_id in sorted((listed or {}).items(), key=lambda item: int(item[0])):
+        try:
+            notes.append(RunNote.from_run(f"{v.label} · fold {int(fold) + 1}/{v.k}", tracking.get_run(run_id)))
+        except tracking.TrackingError:
+            continue  # a deleted fold run: its scores are on the parent, its tags are gone
+    return notes or [RunNote.from_run(v.label, tracking.get_run(v.run_id))]
+
+
+def _test_sentence(variants: list[FoldScores]) -> str:
+    splits = {v.test_split for v in variants}
+    if splits == {"none"}:
+        return "No held-out test split: the test columns are empty."
+    named = sorted(s for s in splits if s not in ("", "none"))
+    if not named:
+        return "Test = the held-out split no fold trains on."
+    return f"Test = the held-out split ({', '.join(named)}) that no fold trains on."
+
+
 SUMMARY_COLUMNS = ["variant", "folds", "val acc % (mean ± std)", "95% CI", "val macro-F1 %",
                    "test acc % (fold models)", "test acc % (fold ensemble)", "data"]
 
@@ -125,13 +146,12 @@ SUMMARY_COLUMNS = ["variant", "folds", "val acc % (mean ± std)", "95% CI", "val
 def _summary_rows(variants: list[FoldScores]) -> list[list[str]]:
     rows = []
     for v in variants:
-        mean, std, low, high = mean_ci(list(v.scores.get("val_accuracy", {}).values()))
+        acc = mean_ci(list(v.scores.get("val_accuracy", {}).values()))
         f1 = mean_ci(list(v.scores.get("val_macro_f1", {}).values()))
         test = mean_ci(list(v.scores.get("test_accuracy", {}).values()))
-        ci = "—" if math.isnan(low) else f"[{100 * low:.1f}, {100 * high:.1f}]"
         ens = "—" if v.ensemble is None else f"{100 * v.ensemble:.1f}"
-        rows.append([v.label, f"{len(v.scores.get('val_accuracy', {}))}/{v.k}", _pm(mean, std), ci, _pm(*f1[:2]),
-                     _pm(*test[:2]), ens, v.data_digest])
+        rows.append([v.label, f"{acc.n}/{v.k}", _pm(acc.mean, acc.std), acc.cell(), _pm(f1.mean, f1.std),
+                     _pm(test.mean, test.std), ens, v.data_digest])
     return rows
 
 
@@ -150,16 +170,20 @@ def _effect_rows(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None
 
 
 def _plot_folds(variants: list[FoldScores], path: Path) -> Path:
-    """Per-fold points, mean bar with 95% CI, and the ensemble's test accuracy, against 66% and 71.2%."""
+    """Per-fold points, mean bar with 95% CI (when there are enough folds), and the ensemble's test accuracy,
+    against 66% and 71.2%, on an accuracy axis from 0."""
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(variants)), 4.2))
+    drawn_ci = False
     for i, v in enumerate(variants):
         folds = v.scores.get("val_accuracy", {})
         if not folds:
             continue
-        mean, _, low, high = mean_ci(list(folds.values()))
-        ax.bar(i, mean, width=0.55, color="C0", alpha=0.35, label="mean val acc (95% CI)" if i == 0 else None)
-        if not math.isnan(low):
-            ax.errorbar(i, mean, yerr=[[mean - low], [high - mean]], color="C0", capsize=5)
+        ci = mean_ci(list(folds.values()))
+        ax.bar(i, ci.mean, width=0.55, color="C0", alpha=0.35, label="mean val acc" if i == 0 else None)
+        if not math.isnan(ci.low):  # no interval below 3 folds: the fold dots are the whole story
+            ax.errorbar(i, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], color="C0", capsize=5,
+                        label="95% CI" if not drawn_ci else None)
+            drawn_ci = True
         ax.scatter([i] * len(folds), list(folds.values()), color="C0", s=16, zorder=3,
                    label="fold val acc" if i == 0 else None)
         if v.ensemble is not None:
@@ -168,8 +192,6 @@ def _plot_folds(variants: list[FoldScores], path: Path) -> Path:
     ax.set_xticks(range(len(variants)), [v.label for v in variants], rotation=30, ha="right")
     ax.set_ylabel("accuracy")
     ax.set_title("k-fold validation accuracy per variant")
-    lows = [min(v.scores.get("val_accuracy", {0: 0.0}).values()) for v in variants]
-    ax.set_ylim(max(0.0, min(lows) - 0.05), 0.8)
     return finish_plot(fig, ax, path)
 
 
@@ -203,8 +225,12 @@ def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_
         images.append(_plot_differences(effects, folder / "kfold_differences.png"))
     report = Report(f"K-fold report: {name}")
     report.paragraph(f"{variants[0].k} folds, fold assignment {variants[0].folds_digest}; reference lines: 66% "
-                     "(the paper) and 71.2% (Tang 2013, FER2013 winner). Test = the held-out split no fold "
-                     "trains on. Variants on different data or different folds are never paired.")
+                     f"(the paper) and 71.2% (Tang 2013, FER2013 winner). {_test_sentence(variants)} Variants on "
+                     "different data or different folds are never paired.")
+    warnings = caveats([note for v in variants for note in fold_notes(v)])
+    if warnings:
+        report.heading("Read this first")
+        report.bullets(warnings)
     report.table(SUMMARY_COLUMNS, _summary_rows(variants))
     if effects:
         report.heading("Differences in validation accuracy (paired by fold)")

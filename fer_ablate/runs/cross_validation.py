@@ -212,7 +212,9 @@ def run_kfold(request: KFoldRequest, tracking_uri: str | None = None) -> list[KF
     ctx = tracking.open_context(tracking_uri=tracking_uri)  # the store's one rule picks the MLflow experiment
     data = _Data(dataset, pool, assignment)
     if not experiment:
-        return [_run_variant(cands[0], name, data, ctx, workers)]
+        outcome = _run_variant(cands[0], name, data, ctx, workers)
+        tracking.log_runs_table(ctx.experiment_id, outcome.parent_run_id)
+        return [outcome]
     keys = "|".join(_variant_key(c, assignment) for c in cands)
     with tracking.parent_run(ctx, GROUP_KIND, name, {"kfold_k": str(assignment.k), "kfold_folds": assignment.digest},
                              key_tags={"kfold_group_key": hashlib.sha256(keys.encode()).hexdigest()[:12]},
@@ -223,6 +225,7 @@ def run_kfold(request: KFoldRequest, tracking_uri: str | None = None) -> list[KF
         failed = [o.label for o in outcomes if o.failed or o.metrics.get("folds_finished", 0) < assignment.k]
         if failed:
             group.fail(f"incomplete variants: {', '.join(failed)}; rerun to retry")
+    tracking.log_runs_table(ctx.experiment_id, group.run_id)
     return outcomes
 
 
@@ -309,10 +312,10 @@ def summarise(runs: dict[int, Any], k: int) -> dict[str, float]:
         per_fold = {f: runs[f].data.metrics[key] for f in sorted(runs) if key in runs[f].data.metrics}
         if not per_fold:
             continue
-        mean, std, low, high = mean_ci(list(per_fold.values()))
-        metrics |= {f"{key}_mean": mean, f"{key}_std": std}
-        if not math.isnan(low):
-            metrics |= {f"{key}_ci95_low": low, f"{key}_ci95_high": high}
+        ci = mean_ci(list(per_fold.values()))  # bounded: inside (0, 1), or NaN with a note below 3 folds
+        metrics |= {f"{key}_mean": ci.mean, f"{key}_std": ci.std}
+        if not math.isnan(ci.low):  # no interval (ci.note says why): no metric, rather than a NaN one
+            metrics |= {f"{key}_ci95_low": ci.low, f"{key}_ci95_high": ci.high}
         metrics |= {f"fold{f}_{key}": v for f, v in per_fold.items()}
     return metrics
 

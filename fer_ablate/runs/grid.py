@@ -139,6 +139,7 @@ def run_experiment(request: GridRequest, tracking_uri: str | None = None) -> Gri
                                                     "runs_skipped": skipped})
         if failed:
             parent.fail(f"{failed} run(s) failed; rerun to retry them")
+    tracking.log_runs_table(ctx.experiment_id, parent.run_id)
     return GridOutcome(parent.run_id, len(runs), skipped, finished, failed)
 
 

@@ -13,7 +13,8 @@ it FAIL, and Optuna's RetryHeartbeatStaleTrialCallback puts the run back in the 
 so a live worker reruns it at once instead of at the next invocation.
 
 Timing: a worker beats every ``FER_ABLATE_HEARTBEAT_SECONDS`` (default 10) and a trial silent for
-``FER_ABLATE_HEARTBEAT_GRACE_SECONDS`` (default 30) is stale. Both are read when the storage is opened;
+``FER_ABLATE_HEARTBEAT_GRACE_SECONDS`` (default 30) is stale; ``tune``'s database storages use the same two.
+Both are read and checked when the storage is opened (a bad value is a StorageError naming the variable);
 every machine of one grid should use the same values (a grace shorter than a slow beat fails live runs).
 """
 
@@ -32,6 +33,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from fer_ablate.config.experiment_file import RunSpec
+from fer_ablate.errors import EXIT_UNAVAILABLE, FerAblateError
 
 if TYPE_CHECKING:
     from fer_ablate.runs.single import ChildOutcome
@@ -43,8 +45,10 @@ HEARTBEAT_ENV = "FER_ABLATE_HEARTBEAT_SECONDS"  # overrides HEARTBEAT_SECONDS (t
 GRACE_ENV = "FER_ABLATE_HEARTBEAT_GRACE_SECONDS"  # overrides GRACE_SECONDS
 
 
-class StorageError(RuntimeError):
-    """The Optuna storage URL is invalid or the database does not answer."""
+class StorageError(FerAblateError, RuntimeError):
+    """The Optuna storage URL is invalid, the database does not answer, or a heartbeat setting is bad."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def _seconds_from_env(name: str, default: int) -> int:

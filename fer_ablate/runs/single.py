@@ -15,7 +15,7 @@ from fer_ablate.reports.plots import run_figures
 from fer_ablate.tracking.machine_tags import log_machine_tags
 from fer_ablate.training.callbacks import EpochLogger
 from fer_ablate.training.hardware import run_machine_tags
-from fer_ablate.training.loop import train
+from fer_ablate.training.loop import precision_origin, train
 from fer_ablate.training.metrics import confusion
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,35 @@ def train_and_track(
     name = run_name or default_run_name(cfg)
     with tracking.tracked_run(ctx.experiment_id, name, tags, ctx.parent_run_id) as run:
         digest = tracking.log_config(cfg, config_hash(cfg))
-        log_machine_tags(run_machine_tags(cfg["train"]))  # backend, devices, CPU flags, precision
+        machine = run_machine_tags(cfg["train"])  # backend, devices, CPU flags, precision
+        if cfg["train"]["precision"] != "auto":
+            machine["precision_reason"] = precision_origin(cfg)
+        log_machine_tags(machine)
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
         dataset = dataset or load_dataset(cfg["data"])
         tracking.log_dataset(dataset)
         result = train(cfg, dataset, callbacks=[EpochLogger(tracking.log_metrics), *(extra_callbacks or [])])
         _log_result(result, cfg["variant"])
+        tracking.set_run_tags(run.info.run_id, {"degenerate": str(result.degenerate).lower(),
+                                                "degenerate_reason": result.degenerate_reason})
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
                             if k.endswith(("_accuracy", "_macro_f1")))
         log.info("run %s finished: %s", run.info.run_id, summary)
+        for warning in caveats(result, dataset):
+            log.warning("run %s: %s", run.info.run_id, warning)
     return run.info.run_id, result.metrics
+
+
+def caveats(result: Any, dataset: Dataset) -> list[str]:
+    """Warning lines a person must see at the end of a run: a degenerate model, a toy run on synthetic faces."""
+    lines = []
+    if result.degenerate:
+        lines.append(f"DEGENERATE model (validation: {result.degenerate_reason}): it has not learned to tell "
+                     "expressions apart (tag degenerate=true)")
+    if dataset.source == "synthetic":
+        lines.append(f"trained {result.epochs_run} epoch(s) on the built-in synthetic faces: a check of the "
+                     "machinery, not a result about real faces (put FER2013 in data/ or pass --data)")
+    return lines
 
 
 def _log_result(result: Any, variant: str) -> None:

@@ -3,7 +3,7 @@
 - ``store``: the tracking URI (checked), the one rule for the MLflow experiment, git commit, Source tags;
 - ``lifecycle``: how runs start and end (FINISHED, FAILED with an error, KILLED), parents and children;
 - ``records``: what a run logs (config, data, epochs, result, figures, model);
-- ``queries``: reading runs back (parents by kind and name, artifacts, models);
+- ``queries``: reading runs back (parents by kind and name, artifacts, models), the MLflow UI's addresses;
 - ``model_registry``: the MLflow model registry (``inference/registered.py`` makes photo models of it).
 
 Callers import the room (``from fer_ablate import tracking``); the names below are its public API.
@@ -36,9 +36,13 @@ from fer_ablate.tracking.queries import (  # noqa: F401
     find_parent,
     get_run,
     load_model,
+    log_runs_table,
+    parent_run_name,
     project_experiment_ids,
     read_json,
     read_text,
+    run_url,
+    runs_table_url,
     search_runs,
     tag_filter,
 )
@@ -60,7 +64,9 @@ from fer_ablate.tracking.store import (  # noqa: F401
     configure,
     experiment_name,
     git_commit,
+    project_source_tags,
     source_tags,
     tracking_uri,
+    ui_command,
     use_store,
 )

@@ -23,12 +23,11 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from fer_ablate.tracking.queries import tag_filter
-from fer_ablate.tracking.store import source_tags
+from fer_ablate.tracking.queries import parent_run_name, tag_filter
+from fer_ablate.tracking.store import HEADLINE_METRIC, project_source_tags, source_tags
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume"
 log = logging.getLogger(__name__)
-HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children for the runs table
 
 
 @dataclass(frozen=True)
@@ -102,14 +101,17 @@ def direct_children(parent_run_id: str) -> list[Any]:
     return client.search_runs([experiment_id], tag_filter({"mlflow.parentRunId": parent_run_id}), max_results=50000)
 
 
-def summarize_children(parent_run_id: str, metric: str = HEADLINE_METRIC) -> dict[str, float]:
-    """``best_<metric>`` and ``mean_<metric>`` over the FINISHED direct children that logged ``metric``
-    (empty when none did), so a parent row in the MLflow runs table shows its result."""
+def summarize_children(parent_run_id: str, metric: str = HEADLINE_METRIC, name: str | None = None
+                       ) -> dict[str, float]:
+    """``best_<name>`` and ``mean_<name>`` (``name`` defaults to ``metric``) over the FINISHED direct
+    children that logged ``metric`` (empty when none did), so a parent row in the MLflow runs table shows
+    its result in the headline view's columns."""
     values = [run.data.metrics[metric] for run in direct_children(parent_run_id)
               if run.info.status == "FINISHED" and metric in run.data.metrics]
     if not values:
         return {}
-    return {f"best_{metric}": max(values), f"mean_{metric}": sum(values) / len(values),
+    name = name or metric
+    return {f"best_{name}": max(values), f"mean_{name}": sum(values) / len(values),
             "children_finished": float(len(values))}
 
 
@@ -118,7 +120,8 @@ def ended_run(run_id: str, own_children: bool = False, headline: str = HEADLINE_
               finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[RunHandle]:
     """Drive a run that is not active in this process (a parent, a k-fold trial) and end it truly.
 
-    On leaving: its children's ``headline`` numbers are logged (``summarize_children``); with ``own_children``
+    On leaving: its children's ``headline`` numbers are logged as ``best_``/``mean_val_accuracy``
+    (``summarize_children``, whatever the children's metric: the headline view's columns); with ``own_children``
     (this process launched every child: single-host grids, folds) a child still RUNNING is ended KILLED.
     Then FINISHED (or FAILED after ``handle.fail``), FAILED with an ``error`` tag on an exception, KILLED on
     KeyboardInterrupt / SIGTERM. The exception is re-raised. ``finished_on``: exceptions that still mean
@@ -148,7 +151,7 @@ def _close(run_id: str, status: str, error: str | None, own_children: bool, head
         try:
             if own_children:
                 end_stale_runs(direct_children(run_id), "its process was stopped before the run ended")
-            summary = summarize_children(run_id, headline)
+            summary = summarize_children(run_id, headline, HEADLINE_METRIC)
             client = MlflowClient()
             for key, value in summary.items():
                 client.log_metric(run_id, key, value)
@@ -166,7 +169,8 @@ def parent_run(ctx: RunContext, kind: str, name: str, tags: dict[str, str] | Non
 
     ``ctx.parent_run_id`` nests the new parent under another run (a k-fold group). ``own_children=False``
     for a parent shared by several machines (a PostgreSQL-shared grid), whose RUNNING children may be
-    alive elsewhere. ``headline``: the children's metric the parent summarises (``best_``/``mean_`` prefix).
+    alive elsewhere. ``headline``: the children's metric the parent summarises as ``best_val_accuracy`` and
+    ``mean_val_accuracy`` (a k-fold group: its variants' ``val_accuracy_mean``).
     """
     run_id = open_parent(ctx.experiment_id, kind, name, tags, key_tags, ctx.parent_run_id, use_launcher_run)
     with ended_run(run_id, own_children, headline) as handle:
@@ -201,6 +205,9 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None =
         run = mlflow.start_run(run_id=created.info.run_id)
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        project = project_source_tags(run.data.tags)  # the launcher's run of `mlflow run`
+        if project:
+            mlflow.set_tags(project)
     status, error = "FINISHED", None
     try:
         yield run
@@ -243,25 +250,31 @@ def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] |
     """The parent run of a grid or study: the launcher's run under ``mlflow run``, else the latest
     parent of the same ``kind``, ``name`` and ``key_tags`` (reused, so a re-run resumes), else a new one.
 
-    ``parent_run_id`` nests a new parent under another run (a k-fold group); ``use_launcher_run=False``
-    keeps the launcher's run for the caller (which makes it the group). Prefer ``parent_run``, which
-    also ends the run.
+    Found by tags, never by run name: its name says its kind (``queries.parent_run_name``: ``grid: smoke``,
+    ``study: smoke``) and a parent named the old way (``smoke``) is found and renamed. ``parent_run_id``
+    nests a new parent under another run (a k-fold group); ``use_launcher_run=False`` keeps the launcher's
+    run for the caller (which makes it the group). Prefer ``parent_run``, which also ends the run.
     """
     client = MlflowClient()
     marker = {"fer_ablate_kind": kind, "fer_ablate_name": name, **(key_tags or {})}
+    run_name = parent_run_name(kind, name)
     run_id = os.environ.get("MLFLOW_RUN_ID") if use_launcher_run else None
-    if not run_id:
+    extra = dict(tags or {})
+    if run_id:  # `mlflow run` made it, with a random name and its folder as the Source
+        client.update_run(run_id, name=run_name)
+        extra |= project_source_tags(client.get_run(run_id).data.tags)
+    else:
         query = tag_filter(marker)  # names with ' are quoted, or a resumed grid would not find its parent
         found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            client.update_run(run_id, status="RUNNING", name=run_name)
             if "error" in found[0].data.tags:  # the last attempt's error is not this one's
                 client.delete_tag(run_id, "error")
         else:
             nest = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-            run_id = client.create_run(experiment_id, run_name=name, tags={**source_tags(), **nest}).info.run_id
-    for key, value in {**marker, **(tags or {})}.items():
+            run_id = client.create_run(experiment_id, run_name=run_name, tags={**source_tags(), **nest}).info.run_id
+    for key, value in {**marker, **extra}.items():
         client.set_tag(run_id, key, value)
     return run_id
 

@@ -1,5 +1,6 @@
 """The MLflow model registry and logged models: log a pyfunc model into a finished run without changing its
-status, register a version and move an alias, read a model's flavors, load a pyfunc model's Python object.
+status, register a version and move an alias, read a model's flavors and its source run's tags, load a pyfunc
+model's Python object.
 
 Knows nothing of photos or Keras: ``inference/registered.py`` composes these into ``promote`` and
 ``load_classifier``, so tracking never imports the inference room.
@@ -76,11 +77,14 @@ def log_python_model(run_id: str, name: str, python_model: str, signature: Model
     return info.model_uri
 
 
-def register_version(model_uri: str, name: str, alias: str, run: Run, metric_tags: tuple[str, ...] = ()) -> Any:
+def register_version(model_uri: str, name: str, alias: str, run: Run, metric_tags: tuple[str, ...] = (),
+                     run_tags: tuple[str, ...] = ()) -> Any:
     """Register ``model_uri`` as a new version of ``name``, point ``alias`` at it, and tag the version with
-    its source run and the run's ``metric_tags`` metrics (4 decimals); return the ModelVersion."""
+    its source run, the run's ``metric_tags`` metrics (4 decimals) and the run's own ``run_tags`` it has;
+    return the ModelVersion."""
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={"source_run": run.info.run_id})
+    copied = {key: run.data.tags[key] for key in run_tags if key in run.data.tags}
+    version = mlflow.register_model(model_uri, name, tags={"source_run": run.info.run_id, **copied})
     client.set_registered_model_alias(name, alias, version.version)
     for key in metric_tags:
         if key in run.data.metrics:
@@ -108,6 +112,19 @@ def model_flavors(model_uri: str) -> set[str]:
                 "(fer-ablate train ...) and register it with: fer-ablate promote RUN_ID") from exc
         raise TrackingError(f"cannot load model {model_uri} from {mlflow.get_tracking_uri()}: "
                             f"{exc.message}") from exc
+
+
+def source_run_tags(model_uri: str) -> dict[str, str]:
+    """The tags of the run that logged ``model_uri``; {} when the model names no run or the run is gone
+    (a model copied from another store), since tags only add caveats and their absence must not stop a load."""
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    if not run_id:
+        return {}
+    try:
+        return dict(MlflowClient().get_run(run_id).data.tags)
+    except MlflowException as exc:
+        log.info("no tags for %s: its run %s cannot be read (%s)", model_uri, run_id, exc.message)
+        return {}
 
 
 def load_python_model(model_uri: str) -> Any:

@@ -12,17 +12,23 @@ One rule chooses the MLflow experiment, for every command (``train``, ``ablate``
 Grids, k-fold groups and studies are told apart by run tags (``fer_ablate_kind``, ``fer_ablate_name``),
 not by experiments. Words: an *experiment file* is a YAML file in ``experiments/`` (what a grid runs); an
 *MLflow experiment* is the folder of runs in the tracking store.
+
+Looking at the store: ``ui_address`` and ``ui_command`` say where MLflow's UI is and how to start it;
+every experiment the project touches carries a saved view of the runs table (``HEADLINE_VIEW``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,19 +36,33 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from fer_ablate.config.names import safe_name
+from fer_ablate.errors import EXIT_UNAVAILABLE, FerAblateError
 from fer_ablate.paths import artifact_root, default_tracking_uri, project_root
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "fer-ablate"  # the MLflow experiment of rule 3
-# MLflow 3's UI opens an untagged experiment on its GenAI overview ("Traces 0"); this value (from
-# MLflow's ExperimentKind enum) makes it open on the runs table instead.
+# Older MLflow 3 UIs open an untagged experiment on the GenAI overview ("Traces 0"); this value (MLflow's
+# ExperimentKind enum) makes them open on the runs table. MLflow 3.17 ignores it and follows the URL's
+# workflowType (else the browser's last choice, GenAI at first): see queries.runs_table_url.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children (best_ / mean_ prefix)
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens without --host / --port
+PROJECT_NAME = "fer-ablate"  # the MLproject's name: the Source of an `mlflow run` run reads fer-ablate:<entry>
+# MLflow 3.17's runs table shows only Source, Models and Dataset of a run's ~200 columns (every config key is
+# a param) until columns are chosen by hand. A saved view (experiment tag mlflow.sharedViewState.<id>: the
+# UI's "Views" menu, opened by ?viewStateShareKey=<id>) chooses the headline numbers: parents' best_ and
+# mean_ of their children's validation accuracy, each run's own validation and test accuracy.
+HEADLINE_VIEW = "fer-ablate-headline"
+HEADLINE_VIEW_TAG = f"mlflow.sharedViewState.{HEADLINE_VIEW}"
+HEADLINE_COLUMNS = (f"best_{HEADLINE_METRIC}", f"mean_{HEADLINE_METRIC}", HEADLINE_METRIC, "test_accuracy")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(FerAblateError, RuntimeError):
     """The MLflow tracking store cannot be used (unreachable server, bad URI), or a run is not in it."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -110,7 +130,7 @@ def configure(experiment: str | None = None, tracking_uri: str | None = None,
         return experiment_id
     launched = launcher_experiment_id()
     if launched:
-        _tag_experiment(launched)
+        tag_experiment(launched)
         return launched
     name = experiment_name(experiment)
     try:
@@ -119,26 +139,61 @@ def configure(experiment: str | None = None, tracking_uri: str | None = None,
             root = artifact_root(uri)
             artifacts = f"{root}/{name}" if root else None
             try:
-                created = mlflow.create_experiment(name, artifact_location=artifacts,
-                                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                created = mlflow.create_experiment(name, artifact_location=artifacts, tags=_experiment_tags())
                 return created
             except mlflow.exceptions.MlflowException:
                 # Another machine or worker created it a moment ago (a shared store): use theirs.
                 found = mlflow.get_experiment_by_name(name)
                 if found is None:
                     raise
-        _tag_experiment(found.experiment_id, found.tags)
+        tag_experiment(found.experiment_id, found.tags)
         return found.experiment_id
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"tracking store {uri}: {exc}") from exc
 
 
-def _tag_experiment(experiment_id: str, tags: dict[str, str] | None = None) -> None:
-    """Give an experiment made elsewhere (``mlflow run``, an older version) the model-development kind."""
+def tag_experiment(experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Give an experiment made elsewhere (``mlflow run``, an older version) the model-development kind and
+    the headline view; a view the user changed in the UI ("Override saved view") is kept."""
     if tags is None:
         tags = MlflowClient().get_experiment(experiment_id).tags
-    if EXPERIMENT_KIND_TAG not in tags:
-        MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    for key, value in _experiment_tags().items():
+        if key not in tags:
+            MlflowClient().set_experiment_tag(experiment_id, key, value)
+
+
+def _experiment_tags() -> dict[str, str]:
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, HEADLINE_VIEW_TAG: headline_view()}
+
+
+def headline_view() -> str:
+    """The saved view's tag value, in MLflow 3.17's envelope (name, times in ms, the state as JSON text).
+
+    Column ids are the UI's (``metrics.`name```); widths make the names and four digits readable.
+    """
+    columns = ["attributes.`Source`", *(f"metrics.`{name}`" for name in HEADLINE_COLUMNS)]
+    widths = {column: 150 for column in columns} | {columns[0]: 260}
+    state = {"selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
+    now = int(time.time() * 1000)
+    return json.dumps({"name": f"{PROJECT_NAME}: headline metrics", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def ui_address(uri: str) -> str:
+    """Where MLflow's UI for the store ``uri`` is: a tracking server serves it itself; for a database or
+    folder store it is what ``ui_command`` starts."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that starts MLflow's UI on the store ``uri`` (None for a tracking server, which serves
+    its UI already). A password in the URI is shown as ``***``: the line goes to terminals and CI logs."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password:
+        uri = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def git_commit() -> str | None:
@@ -171,3 +226,22 @@ def source_tags() -> dict[str, str]:
     shown = " ".join([program, *(shlex.quote(re.sub(r"[^=\s]*/", "", a)) for a in args)])  # folders cut
     command = " ".join([program, *map(shlex.quote, args)])
     return {"mlflow.source.name": shown[:500], "mlflow.source.type": "LOCAL", "command": command[:5000]}
+
+
+def project_source_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Source tags that replace MLflow's on a run made by ``mlflow run`` (source type PROJECT); else {}.
+
+    MLflow names such a run's source after the project's folder (``file:///home/me/p``) and its UI shows
+    the last path segment without extension, plus ``:entry`` for entry points other than main: a clone in
+    ``p/`` reads "p". With these it reads ``fer-ablate:<entry point>`` (main included); the folder URI moves to
+    ``project_uri`` and the command the entry point ran to ``command``. A remote project URI (a git URL,
+    which the UI links to) is kept.
+    """
+    if tags.get("mlflow.source.type") != "PROJECT":
+        return {}
+    uri = tags.get("mlflow.source.name", "")
+    if uri.startswith(("https://", "http://", "git@", "git+")):
+        return {"command": source_tags()["command"]}
+    entry = tags.get("mlflow.project.entryPoint", "main")
+    shown = PROJECT_NAME if entry != "main" else f"{PROJECT_NAME}:main"  # the UI adds other entries itself
+    return {"mlflow.source.name": shown, "project_uri": uri[:5000], "command": source_tags()["command"]}

@@ -98,7 +98,8 @@ def choose_precision(requested: str, backend: str, cpu_flags: frozenset[str] | s
                      gpus: tuple[Gpu, ...] | list[Gpu] = (), isa_cap: str = "") -> tuple[str, str]:
     """The Keras dtype policy to train with, and why: ``("mixed_bfloat16", "GPU ... has bf16 ...")``.
 
-    An explicit ``requested`` value is kept. ``auto`` picks bf16 only where it is native and measured faster:
+    A value other than ``auto`` is kept (``training.loop.precision_origin`` says who set it). ``auto`` picks bf16
+    only where it is native and measured faster:
     - a GPU with compute capability >= 8.0 (Ampere and later) -> ``mixed_bfloat16``; an older GPU ->
       ``mixed_float16`` (Keras wraps the optimizer in a loss-scaling one);
     - TensorFlow on a CPU with AMX (``amx_bf16``) or AVX512_BF16 -> ``mixed_bfloat16``: oneDNN has bf16
@@ -113,7 +114,7 @@ def choose_precision(requested: str, backend: str, cpu_flags: frozenset[str] | s
     if requested not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested != "auto":
-        return requested, "requested explicitly"
+        return requested, "fixed by train.precision, not chosen for this machine"
     if gpus:
         gpu = gpus[0]
         if gpu.compute_capability is None:
@@ -241,7 +242,7 @@ def choose_device_count(request: str | int, backend: str, available: int, accele
 
 def run_machine_tags(train_cfg: dict) -> dict[str, str]:
     """``machine_tags`` of this machine for a run's ``train`` settings (``precision``, ``devices``)."""
-    return machine_tags(current_machine(), train_cfg["precision"], train_cfg.get("devices", "auto"))
+    return machine_tags(current_machine(), train_cfg["precision"], train_cfg["devices"])
 
 
 def machine_tags(machine: Machine, requested: str, devices: str | int = "auto") -> dict[str, str]:

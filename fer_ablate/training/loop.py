@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from fer_ablate.data import NUM_CLASSES, Dataset
 from fer_ablate.models import MirrorAverage, build_from_config
 from fer_ablate.models.augmentation import RandomAffine
 from fer_ablate.training.hardware import choose_device_count, current_machine, resolve_precision
-from fer_ablate.training.metrics import evaluate_probabilities
+from fer_ablate.training.metrics import degenerate_verdict, evaluate_probabilities
 
 log = logging.getLogger(__name__)
 EPOCH_METRICS = {  # Keras log name -> the one name used everywhere (MLflow, reports, Optuna)
@@ -48,7 +49,10 @@ class TrainResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     precision: str = "float32"  # the dtype policy actually used (``train.precision: auto`` resolved)
+    precision_reason: str = ""  # why that policy: the machine's bf16 support, or where the config set it
     devices: int = 1  # data-parallel replicas
+    degenerate: bool = False  # validation predictions in one class, or accuracy within noise of the majority
+    degenerate_reason: str = ""
 
 
 def build_augmenter(aug_cfg: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
@@ -79,17 +83,20 @@ def build_augmenter(aug_cfg: dict[str, Any], seed: int) -> list[keras.layers.Lay
     return layers
 
 
-def build_models(cfg: dict[str, Any]) -> tuple[keras.Model, keras.Model, int]:
+def build_models(cfg: dict[str, Any], precision: str | None = None) -> tuple[keras.Model, keras.Model, int]:
     """(inference model, training model, parameter count of the CNN).
 
     The inference model takes grey pixels as float32 ``[-1, 48, 48, 1]`` in 0-255 and rescales them
     itself, so every consumer (evaluate, predict, serving) feeds raw pixels. The training model adds
-    the augmentation layers in front and shares the same weights.
+    the augmentation layers in front and shares the same weights. ``precision`` is the Keras dtype policy
+    already resolved for this machine (``train`` resolves it once per run); None resolves
+    ``train.precision`` here.
     """
     size = cfg["model"]["input_size"]
+    precision = precision or resolve_precision(cfg["train"]["precision"])[0]
     # Layers take the dtype policy in force when they are built: set it for this model only.
     previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(resolve_precision(cfg["train"]["precision"])[0])
+    keras.mixed_precision.set_dtype_policy(precision)
     try:
         cnn = build_from_config(cfg["model"])
         if cfg["model"]["test_time_flip"]:
@@ -121,13 +128,34 @@ def _optimizer(train_cfg: dict[str, Any], steps_per_epoch: int) -> keras.optimiz
     return keras.optimizers.get({"class_name": train_cfg["optimizer"], "config": {"learning_rate": lr, **extra}})
 
 
+# Test-only switch: tracing a tiny model's train/test/predict graphs is ~70% of a 1-epoch test run's CPU time
+# (10-13 CPU-s each, ~100 such runs in the suite), so the suite trains eagerly except in the tests that are
+# about graph mode, XLA or bf16 (tests/conftest.py). Never set it for a real run: eager is far slower there.
+RUN_EAGERLY_ENV = "FER_ABLATE_RUN_EAGERLY"
+
+
+def run_eagerly() -> bool:
+    """True when ``$FER_ABLATE_RUN_EAGERLY`` is ``1``/``true`` (tests only); ConfigError for another value."""
+    value = os.environ.get(RUN_EAGERLY_ENV, "").strip().lower()
+    if value in ("", "0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    from fer_ablate.config.settings import ConfigError
+
+    raise ConfigError(f"${RUN_EAGERLY_ENV} must be 0 or 1 (a test-only switch), got {value!r}")
+
+
 def compile_for_training(model: keras.Model, train_cfg: dict[str, Any], train_images: int) -> None:
-    """Compile ``model`` with the configured optimizer, schedule, loss and XLA setting."""
+    """Compile ``model`` with the configured optimizer, schedule, loss and XLA setting (eager, without XLA,
+    under the test-only ``$FER_ABLATE_RUN_EAGERLY``)."""
+    eager = run_eagerly()
     model.compile(
         optimizer=_optimizer(train_cfg, max(1, -(-train_images // train_cfg["batch_size"]))),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg["label_smoothing"]),
         metrics=["accuracy"],
-        jit_compile={"auto": "auto", "xla": True, "no_xla": False}[train_cfg["jit_compile"]],
+        jit_compile=False if eager else {"auto": "auto", "xla": True, "no_xla": False}[train_cfg["jit_compile"]],
+        run_eagerly=eager,
     )
 
 
@@ -247,10 +275,12 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
     ``train.precision: auto`` resolves for this machine (``TrainResult.precision``); ``train.devices`` above
     one trains data-parallel through Keras' ``DataParallel`` (JAX backend only; ConfigError otherwise).
     """
-    devices = data_parallel_devices(cfg["train"].get("devices", "auto"))
+    devices = data_parallel_devices(cfg["train"]["devices"])
     distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
     replicas = max(len(devices), 1)
     precision, reason = resolve_precision(cfg["train"]["precision"])
+    if cfg["train"]["precision"] != "auto":
+        reason = precision_origin(cfg)
     machine = current_machine()
     log.info("training on %s (%s backend%s), precision %s: %s", ", ".join(g.name for g in machine.gpus)
              or machine.cpu_model, machine.backend, f", data parallel over {replicas} devices" if replicas > 1
@@ -262,9 +292,27 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
                           f"{replicas} data-parallel devices (train.devices)")
     # Variables made inside the scope are replicated and each batch is split across the devices.
     with distribution.scope() if distribution else contextlib.nullcontext():
-        result = _train(cfg, dataset, callbacks, replicas)
-    result.precision, result.devices = precision, replicas
+        result = _train(cfg, dataset, callbacks, replicas, precision)
+    result.precision, result.precision_reason, result.devices = precision, reason, replicas
     return result
+
+
+def precision_origin(cfg: dict[str, Any]) -> str:
+    """Where a fixed ``train.precision`` came from: the defaults, the variant, or an override (``--set``).
+
+    Only a value the user set is "requested"; the default float32 is a choice made for them.
+    """
+    from fer_ablate.config.settings import load_defaults, load_variants
+
+    value = cfg["train"]["precision"]
+    variant = load_variants().get(cfg.get("variant", ""), {}).get("overrides", {})
+    if variant.get("train.precision") == value:
+        origin = f"set by variant '{cfg['variant']}'"
+    elif load_defaults()["train"]["precision"] == value and "train.precision" not in variant:
+        origin = "the default of train.precision"
+    else:
+        origin = "requested (an override of train.precision)"
+    return f"{origin}; train.precision=auto would choose for this machine"
 
 
 def data_parallel_devices(request: str | int) -> list[str]:
@@ -291,19 +339,28 @@ def _whole_batches(n: int, replicas: int) -> slice:
     return slice(0, n - n % replicas)
 
 
+PREDICT_BATCH = 256
+
+
 def _predict(model: keras.Model, x: np.ndarray, replicas: int) -> np.ndarray:
-    """Probabilities for every row of ``x``; padded to whole per-device shards, the padding dropped again."""
-    pad = -len(x) % replicas
+    """Probabilities ``[n, 7]`` for every row of ``x``, predicted in whole batches of one shape.
+
+    Every split is padded (its last row repeated) to a multiple of the predict batch, and the padding dropped
+    again: one traced predict graph serves every split (each new shape was a retrace, and with a grid's fresh
+    model per run TensorFlow warned of "excessive retracing"), and JAX shards every batch evenly over devices.
+    """
+    batch = PREDICT_BATCH - PREDICT_BATCH % replicas
+    pad = -len(x) % batch
     padded = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-    return model.predict(_as_input(padded), batch_size=256 - 256 % replicas, verbose=0,
-                         callbacks=[InterruptPoint()])[:len(x)]
+    return model.predict(_as_input(padded), batch_size=batch, verbose=0, callbacks=[InterruptPoint()])[:len(x)]
 
 
 def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None,
-           replicas: int = 1) -> TrainResult:
+           replicas: int, precision: str) -> TrainResult:
     t = cfg["train"]
     keras.utils.set_random_seed(t["seed"])
-    inference, training, param_count = build_models(cfg)
+    inference, training, param_count = build_models(cfg, precision)
+    inference.run_eagerly = run_eagerly()  # the test-only switch covers predict too
     compile_for_training(training, t, len(dataset.splits["train"][1]))
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]
@@ -349,6 +406,7 @@ def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callback
         result.predictions[split] = (y, probs)
         for name, value in evaluate_probabilities(y, probs).items():
             result.metrics[f"{_prefix(split)}_{name}"] = value
+    result.degenerate, result.degenerate_reason = degenerate_verdict(*result.predictions["validation"])
     return result
 
 

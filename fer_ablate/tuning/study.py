@@ -12,7 +12,6 @@ keep failing stops (``MAX_CONSECUTIVE_FAILURES``) and fails instead of running f
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from fer_ablate.config.settings import ConfigError, config_hash, resolve_config
 from fer_ablate.data import Dataset, load_dataset
 from fer_ablate.data.folds import make_folds, training_pool
 from fer_ablate.data.loading import resolve_source
+from fer_ablate.errors import EXIT_FAILED, FerAblateError
 from fer_ablate.paths import project_root
 from fer_ablate.runs.cross_validation import FoldSpec, cross_validate
 from fer_ablate.runs.jobs import run_jobs
@@ -42,7 +42,6 @@ from fer_ablate.tuning.space_match import check_study_matches
 
 log = logging.getLogger(__name__)
 KIND = "study"
-HEARTBEAT = int(os.environ.get("FER_ABLATE_HEARTBEAT", "20"))  # seconds; tests shorten it
 # A worker stops after this many failed trials in a row: different suggestions all failing means the setup
 # (data, code, a config the space cannot fix) is broken, and a study would otherwise fail trials forever
 # (``n_trials`` counts finished trials only). 5 still lets a space with a few impossible corners go on.
@@ -78,7 +77,8 @@ def open_storage(url: str | None) -> Any:
             raise StorageError(f"storage {url} cannot be used: {exc}") from exc
     if "://" not in url:
         raise StorageError(f"storage '{url}' is neither a database URL nor journal:PATH")
-    return open_rdb_storage(url, HEARTBEAT, 3 * HEARTBEAT, on_stale=_end_orphaned_run)
+    # Heartbeat and grace: FER_ABLATE_HEARTBEAT_SECONDS and ..._GRACE_SECONDS, checked there (StorageError).
+    return open_rdb_storage(url, on_stale=_end_orphaned_run)
 
 
 def make_sampler(spec: dict[str, Any], space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -138,8 +138,10 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return chosen
 
 
-class StudyFailing(RuntimeError):
+class StudyFailing(FerAblateError, RuntimeError):
     """The study cannot make progress: its trials keep failing, or a worker process failed."""
+
+    exit_code = EXIT_FAILED
 
 
 class TrialFailed(Exception):
@@ -436,4 +438,6 @@ def run_study(request: StudyRequest, tracking_uri: str | None = None) -> dict[st
             raise StudyFailing(f"{len(failed)} of {workers} worker(s) failed: {'; '.join(failed)}")
         from fer_ablate.tuning.study_report import report_study
 
-        return report_study(study_name, store, parent.run_id)
+        summary = report_study(study_name, store, parent.run_id)
+    tracking.log_runs_table(ctx.experiment_id, parent.run_id)
+    return summary

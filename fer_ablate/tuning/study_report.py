@@ -12,17 +12,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import optuna
+from optuna.trial import TrialState
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-from fer_ablate import tracking  # noqa: E402
-from fer_ablate.config.names import path_under  # noqa: E402
-from fer_ablate.config.settings import flatten, to_yaml  # noqa: E402
-from fer_ablate.paths import reports_dir  # noqa: E402
+from fer_ablate import tracking
+from fer_ablate.config.names import path_under
+from fer_ablate.config.settings import flatten, to_yaml
+from fer_ablate.paths import reports_dir
+from fer_ablate.reports.plots import plt  # the one place that selects the headless Agg backend
 
 log = logging.getLogger(__name__)
 PLOTS = {
