@@ -123,6 +123,7 @@ def test_dry_run_lists_runs_with_config_hash(capsys):
     assert mlflow.get_experiment_by_name("paper_ablation") is None  # a dry run records nothing
 
 
+@pytest.mark.slow  # test_tracked_run runs the main entry point through `mlflow run` in the default run
 def test_mlflow_run_ablate_entry_point(tmp_path):
     """`mlflow run . -e ablate -P experiment=smoke --env-manager local`: the launcher's run is the parent."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}

@@ -43,7 +43,8 @@ BUSY_WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~45 s; the default run keeps real signals in test_run_lifecycle and test_ablation
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_store_writes_ends_the_run_killed(tmp_path, sig):
     script = tmp_path / "busy_writer.py"
     script.write_text(BUSY_WRITER)
@@ -89,6 +90,7 @@ BUSY_TRAINER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # issue 20: the default run stays within 10 minutes; .ci/run runs the slow tests too
 def test_an_interrupt_during_training_is_raised_between_batches_never_inside_tensorflow(tmp_path):
     script = tmp_path / "busy_trainer.py"
     script.write_text(BUSY_TRAINER)

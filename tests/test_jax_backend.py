@@ -57,6 +57,7 @@ def jax_run() -> str:
     return proc.stdout.split("RUN_ID")[-1].split()[0]
 
 
+@pytest.mark.slow  # issue 20: the default run stays within 10 minutes; .ci/run runs the slow tests too
 def test_two_virtual_devices_run_finishes_with_its_metrics_and_parameter_count(jax_run):
     from fer_ablate.training.loop import build_models
 
@@ -83,6 +84,7 @@ def test_impossible_device_request_is_refused_before_training():
         train(resolve_config("paper", {**TINY, "train.devices": 64}), data)
 
 
+@pytest.mark.slow  # issue 20: the default run stays within 10 minutes; .ci/run runs the slow tests too
 def test_jax_trained_model_loads_predicts_evaluates_and_serves_under_tensorflow(jax_run, tmp_path):
     """The default install (TensorFlow) uses a model trained under JAX: load, predict, evaluate, serve."""
     from skimage import data as skdata

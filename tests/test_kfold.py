@@ -153,7 +153,9 @@ def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
 
 def test_tuning_objective_as_mean_over_folds(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    summary = run_study(StudyRequest("smoke_kfold", n_trials=2, storage=storage, study_name="kfold_objective"))
+    space = tmp_path / "smoke_kfold.yaml"
+    space.write_text(shrink((PROJECT / "search_spaces" / "smoke_kfold.yaml").read_text()))
+    summary = run_study(StudyRequest(str(space), n_trials=2, storage=storage, study_name="kfold_objective"))
     assert summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0) == 2
     assert load_space("smoke_kfold").pruner["type"] == "wilcoxon"
     client = MlflowClient()

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from fer_ablate.runs.shared_queue import GRACE_ENV, HEARTBEAT_ENV, StorageError, open_rdb_storage, run_shared_grid
 
 
+@pytest.mark.slow  # ~40 s; the default run keeps a real-PostgreSQL round below
 def test_two_workers_split_the_grid_exactly_once(postgres, tmp_path):
     optuna_url, mlflow_url = postgres("optuna_grid"), postgres("mlflow_grid")
     text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", "name: smoke_shared")

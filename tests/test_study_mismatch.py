@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 
 import optuna
 import pytest
@@ -163,17 +160,18 @@ def test_space_distributions_are_what_suggest_records(tmp_path):
         study.tell(trial, 0.0)
 
 
-def test_cli_refuses_a_changed_file_before_any_trial(tmp_path):
+def test_cli_refuses_a_changed_file_before_any_trial(tmp_path, capsys):
+    from fer_ablate.cli import main
+
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     space = load_space(_write(tmp_path))
     _add_trial(_open(storage, space), space)
     path = _write(tmp_path, ("choices: [3, 5]", "choices: [3, 5, 7]"), ("direction: maximize", "direction: minimize"))
-    proc = subprocess.run([sys.executable, "-m", "fer_ablate.cli", "tune", "--space", path, "--storage", storage,
-                           "--n-trials", "1", "--study-name", "sm", "--set", "train.epochs=1",
-                           "--set", "data.synthetic_samples=100"],
-                          env=os.environ.copy(), capture_output=True, text=True, timeout=300, cwd=PROJECT)
-    assert proc.returncode == 2, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
+    code = main(["tune", "--space", path, "--storage", storage, "--n-trials", "1", "--study-name", "sm",
+                 "--set", "train.epochs=1", "--set", "data.synthetic_samples=100"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
     assert line == (f"fer-ablate: error: study 'sm' in {storage}: direction was maximize, now minimize; parameter "
                     "'model.kernel_size' choices were [3, 5], the file now says [3, 5, 7]; start a new study with "
                     f"--study-name NEW, or keep this one by restoring {path} as it was")

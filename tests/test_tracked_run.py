@@ -74,16 +74,17 @@ def test_mlflow_run_main_entry_point(tmp_path):
     assert tags["project_uri"] == PROJECT.as_uri() and tags["command"].startswith("fer-ablate train --variant kernel3")
 
 
-def test_api_run_and_evaluate_cli(tmp_path):
+def test_api_run_and_evaluate_cli(tmp_path, capsys):
+    from fer_ablate.cli import main
+
     cfg = resolve_config("layers10", tiny_overrides(**{"train.epochs": 2}))
     run_id, metrics = train_and_track(cfg, experiment="api-test")
     run = _check_finished_run(run_id, "layers10", 2)
     assert run.info.run_name == "layers10 · seed 42"
     assert metrics["val_accuracy"] == pytest.approx(run.data.metrics["val_accuracy"])
-    proc = subprocess.run([sys.executable, "-m", "fer_ablate.cli", "evaluate", "--model", f"runs:/{run_id}/model",
-                           "--data", "synthetic", "--json"], capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", f"runs:/{run_id}/model", "--data", "synthetic", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert set(report["splits"]) == {"train", "validation", "test"}
     assert len(report["splits"]["test"]["confusion_matrix"]) == 7
 
@@ -111,14 +112,16 @@ def test_exception_mid_training_ends_run_failed_or_killed(exc, status):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]  # epoch 1 kept
 
 
-def test_unreachable_tracking_server_fails_before_training():
+def test_unreachable_tracking_server_fails_before_training(monkeypatch, capsys):
+    from fer_ablate.cli import main
+
     cfg = resolve_config("paper", tiny_overrides())
     with pytest.raises(TrackingError, match="unreachable"):
         train_and_track(cfg, tracking_uri="http://127.0.0.1:9")
-    proc = subprocess.run([sys.executable, "-m", "fer_ablate.cli", "train", "--epochs", "1"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**_env(), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
-    assert proc.returncode == 3 and "unreachable" in proc.stderr and "Epoch" not in proc.stdout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # in-process: no TensorFlow import to wait for
+    assert main(["train", "--epochs", "1"]) == 3
+    out = capsys.readouterr()
+    assert "unreachable" in out.err and "Epoch" not in out.out
 
 
 def test_one_rule_chooses_the_mlflow_experiment(monkeypatch):

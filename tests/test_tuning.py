@@ -112,6 +112,7 @@ def _env(**extra):
     return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **extra}
 
 
+@pytest.mark.slow  # the default run keeps test_shared_grid's PostgreSQL tests
 def test_postgres_two_workers_and_a_killed_worker(postgres, tmp_path):
     optuna_url, mlflow_url = postgres("optuna_tune"), postgres("mlflow_tune")
     space = _space(tmp_path, "pg")
