@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="finished trials wanted in the study (all workers together)")
     tune.add_argument("--timeout", type=float, default=None, help="seconds per worker")
     tune.add_argument("--storage", default=None,
-                      help="sqlite:///FILE (default ./optuna.db), journal:PATH, or postgresql://user@host/db")
+                      help="sqlite:///FILE (default optuna.db beside the MLflow store), journal:PATH, or postgresql://...")
     tune.add_argument("--study-name", default=None, help="default: the space's name; same name = resume")
     tune.add_argument("--workers", type=_optional_int(minimum=1), default=1, help="worker processes on this host")
     tune.set_defaults(func=cmd_tune)

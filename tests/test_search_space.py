@@ -27,7 +27,7 @@ def test_required_spaces_and_paper_cnn_parameters():
     keys = {p.key for p in space.params}
     assert {"train.learning_rate", "train.batch_size", "model.conv_dropout", "model.l2_first_conv",
             "model.kernel_size", "model.conv_blocks", "augment.rotation"} <= keys
-    assert load_space("smoke").epochs <= 2
+    assert load_space("smoke").epochs <= 4
 
 
 def test_conditional_parameters_exist_only_when_their_condition_holds():

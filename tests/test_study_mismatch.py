@@ -23,7 +23,11 @@ from fer_ablate.tuning.space_match import (
 # A list-valued categorical parameter: Optuna stores its choice by index.
 LISTS = ("model.kernel_size: {type: categorical, choices: [3, 5]}",
          "model.dense_units: {type: categorical, choices: [[16, 8, 8], [8, 8, 8]]}")
-SMOKE = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text())
+# The smoke space with a conditional parameter (BatchNorm on or off, its momentum only when on).
+SMOKE = shrink((PROJECT / "search_spaces" / "smoke.yaml").read_text()).replace(
+    "  model.bn_momentum: {type: float, low: 0.8, high: 0.95}",
+    "  model.batch_norm: {type: categorical, choices: [true, false]}\n"
+    "  model.bn_momentum: {type: float, low: 0.8, high: 0.99, condition: {model.batch_norm: true}}")
 
 
 def _write(tmp_path, *edits: tuple[str, str]) -> str:

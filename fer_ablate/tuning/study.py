@@ -1,12 +1,12 @@
 """Optuna studies over a search-space file: every trial a tracked MLflow child run of the study's parent.
 
-Storage: SQLite (one process, the default ``<project>/optuna.db``), a journal file (``journal:PATH``, several
-processes on one host, what ``--workers N`` uses by default) or PostgreSQL (several machines). Re-running
-with the same study name resumes it; RDB storages record heartbeats, so a trial whose worker died is
-marked FAIL and retried. ``--workers N`` runs N workers through the job runner (spawned processes that
-Ctrl-C and SIGTERM stop, their trial runs ending KILLED). The config of every trial (base variant, fixed
-settings, ``--set``) and its data source are checked before anything is recorded, and a study whose trials
-keep failing stops (``MAX_CONSECUTIVE_FAILURES``) and fails instead of running forever.
+Storage: SQLite (one process, the default ``optuna.db`` beside the MLflow store's file), a journal file
+(``journal:PATH``, several processes on one host, what ``--workers N`` uses by default) or PostgreSQL (several
+machines). Re-running with the same study name resumes it; RDB storages record heartbeats, so a trial whose
+worker died is marked FAIL and retried. ``--workers N`` runs N workers through the job runner (spawned
+processes that Ctrl-C and SIGTERM stop, their trial runs ending KILLED). The config of every trial (base
+variant, fixed settings, ``--set``) and its data source are checked before anything is recorded, and a study
+whose trials keep failing stops (``MAX_CONSECUTIVE_FAILURES``) and fails instead of running forever.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -32,7 +33,7 @@ from fer_ablate.data import Dataset, load_dataset
 from fer_ablate.data.folds import make_folds, training_pool
 from fer_ablate.data.loading import resolve_source
 from fer_ablate.errors import EXIT_FAILED, FerAblateError
-from fer_ablate.paths import project_root
+from fer_ablate.paths import default_tracking_uri, project_root
 from fer_ablate.runs.cross_validation import FoldSpec, cross_validate
 from fer_ablate.runs.jobs import run_jobs
 from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
@@ -51,8 +52,16 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def default_storage() -> str:
-    """The single-process default: a SQLite file in the project (git-ignored)."""
-    return f"sqlite:///{project_root() / 'optuna.db'}"
+    """The single-process default: ``optuna.db`` beside the MLflow store's SQLite file (the project's
+    ``mlflow.db`` by default, git-ignored), so a study and its tracked runs live together; in the project
+    when the tracking store is a server or another database."""
+    return f"sqlite:///{_stores_folder() / 'optuna.db'}"
+
+
+def _stores_folder() -> Path:
+    """The folder of the MLflow store's SQLite file, else the project: where default Optuna storages go."""
+    uri = default_tracking_uri()
+    return Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else project_root()
 
 
 def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -386,7 +395,7 @@ class StudyRequest:
 
     ``space`` is a name under search_spaces/ or a path to a YAML file. ``n_trials`` counts finished
     (COMPLETE or PRUNED) trials of all workers together, None for no limit; ``timeout`` is in seconds per
-    worker. ``storage`` is an Optuna storage URL or ``journal:PATH`` (default: ``<project>/optuna.db``, or
+    worker. ``storage`` is an Optuna storage URL or ``journal:PATH`` (default: ``optuna.db`` beside the store, or
     a journal file with several workers); ``study_name`` defaults to the space's name. ``overrides`` are
     ``--set`` dotted keys applied to every trial; ``workers`` is the number of optimisation processes.
     """
@@ -415,7 +424,7 @@ def run_study(request: StudyRequest, tracking_uri: str | None = None) -> dict[st
     check_trial_config(space, extra)
     study_name = safe_name(request.study_name or space.name, "study")  # an MLflow search value and a reports/ folder
     if workers > 1 and storage is None:
-        storage = f"journal:{project_root() / 'optuna-journal.log'}"  # SQLite is for one process only
+        storage = f"journal:{_stores_folder() / 'optuna-journal.log'}"  # SQLite is for one process only
     if workers > 1 and storage.startswith("sqlite"):
         raise StorageError("SQLite storage is for one process; use journal:PATH or postgresql:// with --workers")
     storage_url = storage or default_storage()

@@ -30,9 +30,18 @@ PLOTS = {
 }
 
 
+# fANOVA importances from a handful of trials rank noise: 3 trials once ranked learning_rate at 0.72 (issue 20).
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+
 def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     paths = []
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     for name, plot in PLOTS.items():
+        if name == "param_importances" and complete < MIN_TRIALS_FOR_IMPORTANCES:
+            log.info("plot %s skipped: %d complete trial(s); importances from fewer than %d rank noise", name,
+                     complete, MIN_TRIALS_FOR_IMPORTANCES)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -82,6 +91,12 @@ def report_study(study_name: str, storage: Any, parent_run_id: str | None = None
         summary["best_variant_file"] = str(folder / "best_variant.yaml")
         texts["best_variant.yaml"] = (folder / "best_variant.yaml").read_text()
         texts["best_params.yaml"] = to_yaml(best.params)
+        best_run = best.user_attrs.get("mlflow_run_id")
+        tags = tracking.get_run(best_run).data.tags if best_run else {}
+        if tags.get("degenerate") == "true":
+            summary["best_trial_degenerate"] = tags.get("degenerate_reason", "")
+            log.warning("the best trial (%d) is DEGENERATE: %s; no trial of this study learned to tell "
+                        "expressions apart", best.number, summary["best_trial_degenerate"])
     if parent_run_id:
         # Tags, not params: MLflow params are immutable and the best trial changes when a study resumes.
         tracking.set_run_tags(parent_run_id, {f"best.{k}": v for k, v in summary.get("best_params", {}).items()})
