@@ -108,6 +108,7 @@ def test_resume_after_killed_grid_runs_only_what_was_missing(tmp_path, sig):
     assert not [c for c in after if c.info.status == "RUNNING"], "a killed child must not stay RUNNING"
 
 
+@pytest.mark.slow  # issue 20: the default run stays within 10 minutes; .ci/run runs the slow tests too
 def test_workers_run_children_in_separate_processes(tmp_path):
     outcome = run_experiment(GridRequest(_smoke_copy(tmp_path, "smoke_workers"), workers=2))
     assert (outcome.finished, outcome.failed) == (4, 0)

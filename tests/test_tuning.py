@@ -99,6 +99,7 @@ def test_bad_storage_fails_before_training(tmp_path, storage, message):
     assert not _trial_runs("bad")
 
 
+@pytest.mark.slow  # issue 20: the default run stays within 10 minutes; .ci/run runs the slow tests too
 def test_workers_share_a_journal_file(tmp_path):
     storage = f"journal:{tmp_path / 'journal.log'}"
     summary = run_study(StudyRequest(_space(tmp_path, "journal"), n_trials=4, storage=storage, workers=2))
