@@ -71,7 +71,7 @@ def test_ui_command_and_address_follow_the_store():
     assert tracking.ui_command("postgresql://me:s3cret@db:5432/mlflow") == (
         "mlflow ui --backend-store-uri 'postgresql://me:***@db:5432/mlflow'")  # no password in logs
     assert tracking.ui_command("http://tracking:5000") is None  # a tracking server serves its own UI
-    from fer_ablate.tracking.store import ui_address
+    from fer_ablate.tracking.ui import ui_address
 
     assert ui_address("https://tracking.example/") == "https://tracking.example"
     assert ui_address("sqlite:////data/mlflow.db") == "http://127.0.0.1:5000"

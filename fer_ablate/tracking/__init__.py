@@ -3,7 +3,8 @@
 - ``store``: the tracking URI (checked), the one rule for the MLflow experiment, git commit, Source tags;
 - ``lifecycle``: how runs start and end (FINISHED, FAILED with an error, KILLED), parents and children;
 - ``records``: what a run logs (config, data, epochs, result, figures, model);
-- ``queries``: reading runs back (parents by kind and name, artifacts, models), the MLflow UI's addresses;
+- ``queries``: reading runs back (parents by kind and name, artifacts, models);
+- ``ui``: where to look: the MLflow UI's addresses of the runs table and of a run, the command that starts it;
 - ``model_registry``: the MLflow model registry (``inference/registered.py`` makes photo models of it).
 
 Callers import the room (``from fer_ablate import tracking``); the names below are its public API.
@@ -36,13 +37,10 @@ from fer_ablate.tracking.queries import (  # noqa: F401
     find_parent,
     get_run,
     load_model,
-    log_runs_table,
     parent_run_name,
     project_experiment_ids,
     read_json,
     read_text,
-    run_url,
-    runs_table_url,
     search_runs,
     tag_filter,
 )
@@ -67,6 +65,6 @@ from fer_ablate.tracking.store import (  # noqa: F401
     project_source_tags,
     source_tags,
     tracking_uri,
-    ui_command,
     use_store,
 )
+from fer_ablate.tracking.ui import log_runs_table, run_url, runs_table_url, ui_command  # noqa: F401

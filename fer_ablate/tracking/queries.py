@@ -1,5 +1,4 @@
-"""Reading tracked runs back: find parents by kind and name, read children, artifacts and models; the
-MLflow UI's addresses of the runs table and of a run.
+"""Reading tracked runs back: find parents by kind and name, read children, artifacts and models.
 
 Reports and resume logic read through these functions only. They look in the MLflow experiment that the
 store's rule (``tracking.store``) gives this process, so what a command wrote is where a report looks.
@@ -21,13 +20,9 @@ from mlflow.tracking import MlflowClient
 from fer_ablate.config.names import quote_filter_value
 from fer_ablate.paths import default_tracking_uri
 from fer_ablate.tracking.store import (
-    HEADLINE_VIEW,
     TrackingError,
     experiment_name,
     launcher_experiment_id,
-    tag_experiment,
-    ui_address,
-    ui_command,
 )
 
 # The values of the ``fer_ablate_kind`` tag: which driver made a parent run (children: ``<kind>-child``).
@@ -38,9 +33,6 @@ STUDY = "study"  # tuning/study.py: one parent per Optuna study, one child per t
 NEWEST_FIRST = ["attributes.start_time DESC"]
 # A parent's run name says its kind ("grid: smoke", "study: smoke"); resume finds parents by tags, not names.
 PARENT_LABELS = {ABLATION: "grid", KFOLD: "kfold", KFOLD_GROUP: "kfold group", STUDY: "study"}
-# MLflow 3.17's UI shows an experiment's GenAI pages (overview, run pages under "Evaluations") unless the
-# URL asks for the model-training pages; read from its JS bundle and checked in headless Chromium.
-ML_PAGES = "workflowType=machine_learning"
 log = logging.getLogger(__name__)
 
 
@@ -153,43 +145,3 @@ def active_run_id() -> str | None:
     """The id of the run active in this process, if any."""
     run = mlflow.active_run()
     return run.info.run_id if run else None
-
-
-def runs_table_url(experiment_id: str | None = None) -> str:
-    """The MLflow UI's address of an experiment's runs table (default: the project's, by the store's rule),
-    showing the headline view (``store.HEADLINE_VIEW``: parents' best and mean validation accuracy, each
-    run's own; the view is added to the experiment here if missing). The UI's address is the tracking
-    server's, else where ``mlflow ui`` listens by default (``store.ui_command`` starts it)."""
-    address = ui_address(mlflow.get_tracking_uri())
-    if experiment_id is None:
-        ids = project_experiment_ids()
-        if not ids:  # nothing tracked yet: the list of experiments
-            return f"{address}/#/experiments"
-        experiment_id = ids[0]
-    query = ML_PAGES
-    try:
-        tag_experiment(experiment_id)
-        query += f"&viewStateShareKey={HEADLINE_VIEW}"
-    except MlflowException as exc:  # a store we may not write: the plain runs table, every column chosen by hand
-        log.debug("no headline view on experiment %s: %s", experiment_id, exc)
-    return f"{address}/#/experiments/{experiment_id}/runs?{query}"
-
-
-def run_url(run_id: str, experiment_id: str) -> str:
-    """The MLflow UI's address of one run's page (its model-training page, not GenAI's "Evaluations")."""
-    return f"{ui_address(mlflow.get_tracking_uri())}/#/experiments/{experiment_id}/runs/{run_id}?{ML_PAGES}"
-
-
-def log_runs_table(experiment_id: str | None = None, parent_run_id: str | None = None) -> None:
-    """Tell the user where to look: the runs table's address, the command that starts the UI on this store
-    (none for a tracking server) and, given ``parent_run_id``, that parent's page. Log lines of the
-    ``fer_ablate`` logger reach the terminal of every command."""
-    url = runs_table_url(experiment_id)
-    command = ui_command(mlflow.get_tracking_uri())
-    lines = [f"MLflow runs table: {url}"]
-    if command:
-        lines.append(f"  (start the UI first, in another terminal: {command})")
-    if parent_run_id:
-        run = get_run(parent_run_id)
-        lines.append(f"  parent run '{run.info.run_name}': {run_url(parent_run_id, run.info.experiment_id)}")
-    log.info("\n".join(lines))

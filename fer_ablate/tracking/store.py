@@ -13,8 +13,8 @@ Grids, k-fold groups and studies are told apart by run tags (``fer_ablate_kind``
 not by experiments. Words: an *experiment file* is a YAML file in ``experiments/`` (what a grid runs); an
 *MLflow experiment* is the folder of runs in the tracking store.
 
-Looking at the store: ``ui_address`` and ``ui_command`` say where MLflow's UI is and how to start it;
-every experiment the project touches carries a saved view of the runs table (``HEADLINE_VIEW``).
+Every experiment the project touches carries a saved view of the runs table (``HEADLINE_VIEW``); where the
+UI is and how to start it is ``tracking.ui``'s.
 """
 
 from __future__ import annotations
@@ -44,11 +44,10 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "fer-ablate"  # the MLflow experiment of rule 3
 # Older MLflow 3 UIs open an untagged experiment on the GenAI overview ("Traces 0"); this value (MLflow's
 # ExperimentKind enum) makes them open on the runs table. MLflow 3.17 ignores it and follows the URL's
-# workflowType (else the browser's last choice, GenAI at first): see queries.runs_table_url.
+# workflowType (else the browser's last choice, GenAI at first): see ui.runs_table_url.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 HEADLINE_METRIC = "val_accuracy"  # what a parent summarises from its children (best_ / mean_ prefix)
-UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens without --host / --port
 PROJECT_NAME = "fer-ablate"  # the MLproject's name: the Source of an `mlflow run` run reads fer-ablate:<entry>
 # MLflow 3.17's runs table shows only Source, Models and Dataset of a run's ~200 columns (every config key is
 # a param) until columns are chosen by hand. A saved view (experiment tag mlflow.sharedViewState.<id>: the
@@ -177,23 +176,6 @@ def headline_view() -> str:
     now = int(time.time() * 1000)
     return json.dumps({"name": f"{PROJECT_NAME}: headline metrics", "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
-
-
-def ui_address(uri: str) -> str:
-    """Where MLflow's UI for the store ``uri`` is: a tracking server serves it itself; for a database or
-    folder store it is what ``ui_command`` starts."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
-
-
-def ui_command(uri: str) -> str | None:
-    """The command that starts MLflow's UI on the store ``uri`` (None for a tracking server, which serves
-    its UI already). A password in the URI is shown as ``***``: the line goes to terminals and CI logs."""
-    if uri.startswith(("http://", "https://")):
-        return None
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        uri = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def git_commit() -> str | None:
