@@ -84,6 +84,7 @@ def test_failed_child_is_recorded_and_grid_goes_on(tmp_path):
     assert "0/2" in row and "seed 1: FAILED" in row
 
 
+@pytest.mark.slow  # ~33 s; the default run keeps real signals in test_run_lifecycle and test_tuning
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_resume_after_killed_grid_runs_only_what_was_missing(tmp_path, sig):
     path = _smoke_copy(tmp_path, "smoke_kill")
