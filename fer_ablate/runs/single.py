@@ -49,8 +49,9 @@ def train_and_track(
     with tracking.tracked_run(ctx.experiment_id, name, tags, ctx.parent_run_id) as run:
         digest = tracking.log_config(cfg, config_hash(cfg))
         machine = run_machine_tags(cfg["train"])  # backend, devices, CPU flags, precision
-        if cfg["train"]["precision"] != "auto":
+        if cfg["train"]["precision"] != "auto":  # who set it: read once per run (variants file), not per log line
             machine["precision_reason"] = precision_origin(cfg)
+            log.info("train.precision %s: %s", cfg["train"]["precision"], machine["precision_reason"])
         log_machine_tags(machine)
         log.info("run %s: variant %s, config %s", run.info.run_id, cfg["variant"], digest)
         dataset = dataset or load_dataset(cfg["data"])

@@ -279,8 +279,6 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
     distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
     replicas = max(len(devices), 1)
     precision, reason = resolve_precision(cfg["train"]["precision"])
-    if cfg["train"]["precision"] != "auto":
-        reason = precision_origin(cfg)
     machine = current_machine()
     log.info("training on %s (%s backend%s), precision %s: %s", ", ".join(g.name for g in machine.gpus)
              or machine.cpu_model, machine.backend, f", data parallel over {replicas} devices" if replicas > 1

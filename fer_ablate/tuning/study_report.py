@@ -34,9 +34,9 @@ PLOTS = {
 MIN_TRIALS_FOR_IMPORTANCES = 10
 
 
-def _plots(study: optuna.Study, folder: Path) -> list[Path]:
+def _plots(study: optuna.Study, folder: Path, complete: int) -> list[Path]:
+    """Optuna's plots as PNGs in ``folder``; ``complete`` (the study's COMPLETE trials) gates the importances."""
     paths = []
-    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     for name, plot in PLOTS.items():
         if name == "param_importances" and complete < MIN_TRIALS_FOR_IMPORTANCES:
             log.info("plot %s skipped: %d complete trial(s); importances from fewer than %d rank noise", name,
@@ -100,6 +100,6 @@ def report_study(study_name: str, storage: Any, parent_run_id: str | None = None
     if parent_run_id:
         # Tags, not params: MLflow params are immutable and the best trial changes when a study resumes.
         tracking.set_run_tags(parent_run_id, {f"best.{k}": v for k, v in summary.get("best_params", {}).items()})
-        tracking.log_parent_summary(parent_run_id, metrics, texts=texts, files=_plots(study, folder),
-                                    artifact_dir="optuna_plots")
+        plots = _plots(study, folder, counts["COMPLETE"])
+        tracking.log_parent_summary(parent_run_id, metrics, texts=texts, files=plots, artifact_dir="optuna_plots")
     return summary
