@@ -56,6 +56,7 @@ def _check_finished_run(run_id: str, variant: str, epochs: int):
     return run
 
 
+@pytest.mark.slow  # ~17 s; also run by the quickstart test (slow); test_mlproject checks every parameter
 def test_mlflow_run_main_entry_point(tmp_path):
     """`mlflow run . -P variant=kernel3 -P epochs=1 --env-manager local` leaves a readable FINISHED run."""
     overrides = " ".join(f"{k}={json.dumps(v).replace(' ', '')}" for k, v in tiny_overrides().items()

@@ -159,6 +159,7 @@ def test_postgres_two_workers_and_a_killed_worker(postgres, tmp_path):
     assert len(finished) >= 5 and not [r for r in runs if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow  # ~15 s; test_run_lifecycle keeps a real SIGINT in the default run
 def test_ctrl_c_records_the_current_trial_and_stops(tmp_path):
     """SIGINT mid-trial: the process stops (exit 130), the trial is FAIL in Optuna, its run and the parent KILLED."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
