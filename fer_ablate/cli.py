@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 from fer_ablate import interrupts
 from fer_ablate.errors import FerAblateError
 from fer_ablate.logs import configure_logging
+from fer_ablate.redact import from_env, has_secret, redact_text, redact_url, url_problem
 
 
 def _whole_number(text: str) -> int:
@@ -43,7 +48,52 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                  "train.seed": args.seed}
     overrides = {k: v for k, v in shortcuts.items() if v not in (None, "")}
     overrides.update(parse_set_args(args.set))
+    return _located_data(overrides)
+
+
+def _located_data(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data.source`` located (``_located``) when it is a path."""
+    if isinstance(overrides.get("data.source"), str):
+        overrides["data.source"] = _located(overrides["data.source"], "data file or folder")
     return overrides
+
+
+_NOT_PATHS = {"auto", "synthetic"}  # data.source keywords
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")  # runs:/ID/model, models:/NAME@ALIAS, s3://..., journal:PATH
+
+
+def _located(value: str | None, what: str, names: bool = False) -> str | None:
+    """A relative path given on the command line, found where the user meant it; URIs, keywords and absolute
+    paths unchanged. ``names``: ``value`` may also be a name looked up elsewhere (an experiment file, a search
+    space): only a value with a folder or a .yaml suffix is a path then.
+
+    Under ``mlflow run`` the command runs in the project's folder, not the user's: a relative ``-P data=...``
+    or ``-P model=...`` is first looked for in the folder ``mlflow run`` was started from (as MLflow's own
+    ``path`` parameter type does) and made absolute, then in the project. A path found nowhere raises
+    ConfigError naming every absolute path tried.
+    """
+    if not value or value in _NOT_PATHS or _URI.match(value) or Path(value).expanduser().is_absolute():
+        return value
+    if names and "/" not in value and not value.endswith((".yaml", ".yml")):
+        return value
+    from fer_ablate.config.errors import ConfigError
+
+    here = Path.cwd() / value
+    caller = None
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from fer_ablate.tracking.store import launcher_folder
+
+        caller = launcher_folder()
+    if caller is not None and caller.resolve() != Path.cwd().resolve():
+        if (caller / value).exists():
+            return str(caller / value)
+        if here.exists():
+            return value
+        raise ConfigError(f"{what} {value!r} not found: neither {caller / value} (from the folder `mlflow run` was "
+                          f"started in) nor {here} (the project's folder) exists; give an absolute path")
+    if not here.exists():
+        raise ConfigError(f"{what} {value!r} not found: {here} does not exist")
+    return value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -51,9 +101,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fer_ablate.config.settings import resolve_config
     from fer_ablate.runs.single import train_and_track
 
-    cfg = resolve_config(args.variant, _overrides(args), variants_file=args.variant_file)
-    run_id, metrics = train_and_track(cfg, experiment=args.experiment_name, run_name=args.run_name,
-                                      tracking_uri=args.tracking_uri)
+    if args.resume:
+        from fer_ablate.config.settings import ConfigError
+        from fer_ablate.runs.single import resume_run
+
+        given = [flag for flag, value in (("--variant", args.variant != "paper"), ("--set", args.set),
+                                          ("--variant-file", args.variant_file), ("--run-name", args.run_name),
+                                          ("--experiment-name", args.experiment_name)) if value]
+        given += [flag for flag in ("--data", "--epochs", "--batch-size", "--seed")
+                  if getattr(args, flag[2:].replace("-", "_")) not in (None, "")]
+        if given:
+            raise ConfigError(f"--resume continues run {args.resume} with its own logged config; drop "
+                              f"{', '.join(given)}")
+        run_id, metrics = resume_run(args.resume, tracking_uri=args.tracking_uri)
+    else:
+        cfg = resolve_config(args.variant, _overrides(args), variants_file=args.variant_file)
+        run_id, metrics = train_and_track(cfg, experiment=args.experiment_name, run_name=args.run_name,
+                                          tracking_uri=args.tracking_uri)
     print(json.dumps({"run_id": run_id, **{k: v for k, v in metrics.items() if "recall" not in k}}, indent=2))
     return 0
 
@@ -72,7 +136,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a saved model on every split of a data source."""
     from fer_ablate.inference.score_dataset import evaluate_model, format_report
 
-    report = evaluate_model(args.model, args.data, skip_bad_rows=args.skip_bad_rows)
+    model, data = _located(args.model, "model file"), _located(args.data, "data file or folder")
+    report = evaluate_model(model, data, skip_bad_rows=args.skip_bad_rows)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -89,10 +154,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"{exp.name}: {exp.design}, base {exp.base}, seeds {exp.seeds}")
         print(describe(expand(exp, extra)))
         return 0
-    request = GridRequest(args.experiment, extra, workers=args.workers or 1, storage=args.storage)
+    storage = _storage_option(args.storage)
+    request = GridRequest(_located(args.experiment, "experiment file", names=True), _located_data(extra),
+                          workers=args.workers or 1, storage=storage)
     outcome = run_experiment(request, tracking_uri=args.tracking_uri)
     print(json.dumps(outcome.__dict__, indent=2))
-    if not args.no_report and args.storage is None:
+    if not args.no_report and storage is None:
         from fer_ablate.reports.grid_report import write_report
 
         folder = write_report(args.experiment, tracking_uri=args.tracking_uri)
@@ -141,8 +208,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from fer_ablate.config.settings import parse_set_args
     from fer_ablate.tuning.study import StudyRequest, run_study
 
-    request = StudyRequest(args.space, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage or None,
-                           study_name=args.study_name, workers=args.workers or 1, overrides=parse_set_args(args.set))
+    _refuse_recorded_secret("storage")
+    request = StudyRequest(_located(args.space, "search-space file", names=True), n_trials=args.n_trials,
+                           timeout=args.timeout, storage=args.storage or None, study_name=args.study_name,
+                           workers=args.workers or 1, overrides=_located_data(parse_set_args(args.set)))
     summary = run_study(request, tracking_uri=args.tracking_uri)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -217,9 +286,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         check_reachable(uri)
-        print(f"tracking:  {uri} (reachable)")
+        print(f"tracking:  {redact_url(uri)} (reachable)")
     except TrackingError as exc:
-        print(f"tracking:  {uri} (NOT reachable: {exc})")
+        print(f"tracking:  {redact_url(uri)} (NOT reachable: {exc})")
     try:
         source = resolve_source("auto")
         print(f"data:      data=auto -> {source}" + (" (no FER2013 found: built-in synthetic faces; put "
@@ -274,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--experiment-name", default=None,
                        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else fer-ablate)")
     train.add_argument("--run-name", default=None)
+    train.add_argument("--resume", default=None, metavar="RUN_ID",
+                       help="continue a KILLED (or FAILED) run in place from its last epoch's checkpoint, with the "
+                            "config it logged")
     train.set_defaults(func=cmd_train)
 
     variants = sub.add_parser("variants", help="list variants and what each changes")
@@ -376,6 +448,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_option(value: str | None) -> str | None:
+    """``--storage`` of ``ablate``: ``env:NAME`` read from the environment; a password with an unencoded '@'
+    refused (StorageError) before SQLAlchemy blames DNS and prints part of it."""
+    from fer_ablate.runs.shared_queue import StorageError
+
+    try:
+        value = from_env(value) or None
+    except LookupError as exc:
+        raise StorageError(f"storage {exc}") from None
+    problem = url_problem(value or "")
+    if problem:
+        raise StorageError(f"storage: {problem}")
+    return value
+
+
+def _refuse_recorded_secret(param: str) -> None:
+    """Under ``mlflow run``: refuse an MLproject parameter that holds a password, which MLflow has recorded
+    in the run's params before this process started (params cannot be changed afterwards), with the way
+    out: the URL in an environment variable (``-P storage=env:FER_ABLATE_STORAGE``). Raises ConfigError."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return
+    from fer_ablate.tracking.store import launcher_run_params
+
+    value = launcher_run_params().get(param, "")
+    if not has_secret(value):
+        return
+    from fer_ablate.config.errors import ConfigError
+
+    run_id = os.environ["MLFLOW_RUN_ID"]
+    raise ConfigError(
+        f"the MLproject parameter {param}={redact_url(value)} holds a password, and `mlflow run` has recorded it "
+        f"in run {run_id}'s params: delete that run for good (mlflow runs delete --run-id {run_id}; mlflow gc "
+        f"--run-ids {run_id}) and pass the URL through the environment instead: export "
+        f"FER_ABLATE_STORAGE='<the URL>'; mlflow run . -e tune -P {param}=env:FER_ABLATE_STORAGE")
+
+
+def _absolute_store_env() -> None:
+    """``MLFLOW_TRACKING_URI=sqlite:///mlflow.db`` (relative) made absolute for this process and its workers:
+    relative to the folder ``mlflow run`` was started from, whose launcher already wrote its run there, else
+    to the working directory (``tracking.store.absolute_store_uri``)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and not uri.startswith(("sqlite:////", "sqlite:///:memory:")):
+        from fer_ablate.tracking.store import absolute_store_uri
+
+        os.environ["MLFLOW_TRACKING_URI"] = absolute_store_uri(uri)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fer-ablate`` console script: parse, dispatch, and turn a user-fixable error
     (any FerAblateError) into one line on stderr and its kind's exit code (see fer_ablate.errors)."""
@@ -384,10 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     previous_handlers = interrupts.install()
     args = build_parser().parse_args(argv)
     try:
+        _absolute_store_env()
         return args.func(args)
-    except FerAblateError as exc:
-        print(f"fer-ablate: error: {exc}", file=sys.stderr)
+    except FerAblateError as exc:  # secrets hidden here too: the last line of defence (fer_ablate.redact)
+        print(f"fer-ablate: error: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except Exception:  # a bug: its traceback, with every password hidden (drivers quote URLs in messages)
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
     except KeyboardInterrupt:
         print("fer-ablate: interrupted", file=sys.stderr)
         return 130

@@ -23,9 +23,10 @@ import signal
 from types import FrameType
 
 # Module prefixes whose frames mean "an exception here could leave state half-done": the tracking and study
-# stores (MLflow's store and client, SQLAlchemy, sqlite3, psycopg2, Optuna's storages) and the deep-learning
-# frameworks. Not optuna.study: the objective, i.e. the whole training, runs below it.
-UNSAFE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg2", "mlflow.store.", "mlflow.tracking.",
+# stores (MLflow's store and client, SQLAlchemy, sqlite3, psycopg 3 and psycopg2 (the PostgreSQL drivers of a
+# shared queue), Optuna's storages) and the deep-learning frameworks. Not optuna.study: the objective, i.e. the
+# whole training, runs below it.
+UNSAFE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg", "mlflow.store.", "mlflow.tracking.",
                   "mlflow.utils.rest_utils", "optuna.storages.", "tensorflow.", "keras.", "jax.", "jaxlib.")
 RETRY_SECONDS = 0.02
 

@@ -6,7 +6,7 @@ from conftest import REAL_FER2013, fer_row
 from PIL import Image
 
 from fer_ablate.config.settings import load_defaults
-from fer_ablate.data import CLASS_NAMES, DataError, load_dataset, resolve_source
+from fer_ablate.data import CLASS_NAMES, DataError, cache, load_dataset, resolve_source
 from fer_ablate.data.fer_csv import parse_fer_csv
 from fer_ablate.data.folders import read_face
 from fer_ablate.data.synthetic import CLASS_PRIORS, make_synthetic_faces
@@ -51,8 +51,10 @@ def test_gzip_and_cache(fer_csv_gz, fer_csv):
     assert len(cached) == 1, "parsed arrays are cached under the file's content hash"
     # Prove the second load is a cache hit, not a second parse: invert the cached pixels on disk, and the
     # next load of the unchanged file must return the inverted ones.
-    images = np.load(cached[0] / "images.npy")
-    np.save(cached[0] / "images.npy", 255 - images)
+    key = cached[0].name.removesuffix(f"-{cache.CACHE_VERSION}.npz")
+    arrays = cache.load(key)
+    meta = arrays.pop("_meta")
+    cache.store(key, {**arrays, "images": 255 - arrays["images"]}, meta)
     second = load_dataset(data_cfg(fer_csv_gz))
     assert second.digest == first.digest
     for split in first.splits:

@@ -77,3 +77,27 @@ def test_overrides_with_spaces_reach_the_cli_intact(overrides, expected):
         args = build_parser().parse_args(shlex.split(command)[3:])
         assert parse_set_args(args.set) == expected, name
     resolve_config("paper", expected)  # and they are valid settings
+
+
+def test_a_storage_url_travels_as_the_name_of_an_environment_variable(monkeypatch, tmp_path):
+    """MLflow records every `-P` value as a run param before the command starts: a URL with a password goes as
+    `env:NAME` (what is recorded) and the CLI reads the URL from the environment; no default holds a secret."""
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    from fer_ablate.cli import build_parser
+    from fer_ablate.redact import has_secret
+    from fer_ablate.tuning.study import open_storage
+
+    for name, entry in SPEC["entry_points"].items():
+        for param, spec in entry.get("parameters", {}).items():
+            assert not has_secret(str(spec.get("default", ""))), (name, param)
+    command = load_project(str(PROJECT)).get_entry_point("tune").compute_command(
+        {"storage": "env:FER_ABLATE_STORAGE"}, None)
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert args.storage == "env:FER_ABLATE_STORAGE"
+    monkeypatch.setenv("FER_ABLATE_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    open_storage(args.storage)  # a real Optuna storage, created from the variable's URL
+    assert (tmp_path / "optuna.db").is_file()
+    assert "env:FER_ABLATE_STORAGE" in (PROJECT / "MLproject").read_text()

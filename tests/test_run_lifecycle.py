@@ -103,10 +103,11 @@ class Case:
             return outcome.skipped, outcome.finished
         study = optuna.load_study(study_name=self.name, storage=open_storage(self.storage))
         done_before = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials())
-        seen = {c.info.run_id for c in self.children()}
+        before = {c.info.run_id: c.info.status for c in self.children()}
         run_study(StudyRequest(self.path, n_trials=2, storage=self.storage))
-        new = [c for c in self.children() if c.info.run_id not in seen]
-        return done_before, sum(c.info.status == "FINISHED" for c in new)
+        # New runs, and an interrupted run continued in place from its checkpoint (issue 21: resume in a run)
+        return done_before, sum(c.info.status == "FINISHED" and before.get(c.info.run_id) != "FINISHED"
+                                for c in self.children())
 
 
 def _launch(argv: list[str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:

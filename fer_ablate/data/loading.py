@@ -18,7 +18,7 @@ import numpy as np
 from fer_ablate.data import cache
 from fer_ablate.data.dataset import DataError, Dataset, stratified_split, stratified_subset
 from fer_ablate.data.fer_csv import SPLIT_CODES, USAGE_TO_SPLIT, parse_fer_csv
-from fer_ablate.data.folders import load_image_folders
+from fer_ablate.data.folders import is_hidden, load_image_folders
 from fer_ablate.data.synthetic import GENERATOR_VERSION, make_synthetic_faces
 from fer_ablate.paths import project_root
 
@@ -57,7 +57,10 @@ def _load_csv(path: Path, skip_bad_rows: bool) -> tuple[dict, str, dict]:
         images, labels, usage, skipped_counter = parse_fer_csv(path, skip_bad_rows, progress=log.info)
         skipped = dict(skipped_counter)
         log.info("data: parsed %s in %.2f s", path.name, time.perf_counter() - start)
-        cache.store(key, {"images": images, "labels": labels, "usage": usage}, {"skipped": skipped})
+        try:
+            cache.store(key, {"images": images, "labels": labels, "usage": usage}, {"skipped": skipped})
+        except OSError as exc:  # a read-only or full cache folder costs the next run a parse, not this one
+            log.warning("data: parse cache not written (%s): %s is parsed again next time", exc, path.name)
     if skipped:
         log.warning("data: skipped %d bad rows of %s: %s", sum(skipped.values()), path, skipped)
     splits = {}
@@ -174,10 +177,11 @@ def data_identity(data_cfg: dict[str, Any]) -> tuple[str, str]:
     """``(concrete source, content digest)`` of the ``data`` section, cheaply, without loading the data.
 
     ``auto`` is resolved (so adding ``data/fer2013.csv`` changes the identity); a CSV's digest is its
-    content hash (the one its cache and its runs' ``data_digest`` use); an image folder's is a digest of
-    its file list with sizes and modification times; the synthetic faces' is their generator version,
-    seed and size. A resume key that includes the digest reruns everything when the data changes.
-    Raises DataError for a source that does not exist.
+    content hash (the one its cache and its runs' ``data_digest`` use); an image folder's is a digest of its
+    files' names and bytes (hidden files left out, as the loader does); the synthetic faces' is their
+    generator version, seed and size. Each is computed once per file and remembered (data/cache.py). A
+    resume key that includes the digest reruns everything when the data changes. Raises DataError for a
+    source that does not exist.
     """
     source = resolve_source(data_cfg["source"])
     if source == "synthetic":
@@ -185,9 +189,23 @@ def data_identity(data_cfg: dict[str, Any]) -> tuple[str, str]:
         return source, hashlib.sha256(blob.encode()).hexdigest()[:16]
     path = Path(source)
     if path.is_dir():
-        h = hashlib.sha256()
-        for item in sorted(p for p in path.rglob("*") if p.is_file()):
-            stat = item.stat()
-            h.update(f"{item.relative_to(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        return str(path.resolve()), h.hexdigest()[:16]
+        return str(path.resolve()), cache.folder_hash(path, lambda name: not is_hidden(Path(name)))
     return str(path.resolve()), cache.content_hash(path)
+
+
+def source_identity(source: str) -> str:
+    """What ``data.source`` stands for in a config hash: ``synthetic`` for the built-in faces (given as
+    ``synthetic`` or reached through ``auto``), ``content:<digest>`` for a file or image folder, so the same
+    data at another path, through a symlink or spelled ``./x.csv`` rather than ``/abs/x.csv`` is the same
+    configuration. A path that does not exist keeps its spelling (loading it raises DataError, naming it).
+    """
+    try:
+        concrete = resolve_source(source)
+    except DataError:
+        return source
+    if concrete == "synthetic":
+        return concrete
+    try:
+        return "content:" + data_identity({"source": concrete})[1]
+    except OSError:  # unreadable: loading it says so with the path; the hash only has to be defined
+        return source

@@ -42,7 +42,7 @@ from fer_ablate.data.folds import (
 from fer_ablate.reports.plots import plot_confusion
 from fer_ablate.reports.stats import mean_ci
 from fer_ablate.runs.jobs import JobResult, Progress, run_jobs
-from fer_ablate.runs.single import ChildOutcome, train_child
+from fer_ablate.runs.single import ChildOutcome, resumable, train_child
 from fer_ablate.training.metrics import confusion, evaluate_probabilities
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,15 @@ class FoldSpec:
     """What every fold of one cross-validation shares (picklable: it travels to worker processes).
 
     ``name`` prefixes each fold run's name (``kernel5 · fold 2/5``); ``tags`` mark each fold run (its
-    ``fold``, ``kfold_k`` and ``kfold_folds`` tags are added).
+    ``fold``, ``kfold_k`` and ``kfold_folds`` tags are added). ``resume_runs``: fold -> an earlier KILLED
+    attempt of that fold with a checkpoint, continued in place (``single.resumable``).
     """
 
     cfg: dict[str, Any]
     name: str
     tags: dict[str, str]
     assignment: FoldAssignment
+    resume_runs: dict[int, str] = field(default_factory=dict)
 
 
 def train_fold(spec: FoldSpec, fold: int, ctx: tracking.RunContext, dataset: Dataset | None = None
@@ -139,7 +141,8 @@ def train_fold(spec: FoldSpec, fold: int, ctx: tracking.RunContext, dataset: Dat
         log.exception("fold %d of %s: data", fold, spec.name)
         return ChildOutcome("", False, f"{type(exc).__name__}: {exc}")
     tags = {**spec.tags, "fold": str(fold), "kfold_k": str(assignment.k), "kfold_folds": assignment.digest}
-    return train_child(spec.cfg, f"{spec.name} · fold {fold + 1}/{assignment.k}", tags, ctx, fold_data)
+    return train_child(spec.cfg, f"{spec.name} · fold {fold + 1}/{assignment.k}", tags, ctx, fold_data,
+                       resume_run_id=spec.resume_runs.get(fold))
 
 
 def cross_validate(spec: FoldSpec, folds: list[int], ctx: tracking.RunContext, workers: int = 1,
@@ -247,6 +250,12 @@ def fold_runs(experiment_id: str, label: str, key: str) -> list[Any]:
     return [run for run in tracking.child_runs(experiment_id, KIND, label) if run.data.tags.get("kfold_key") == key]
 
 
+def resume_folds(runs: list[Any], folds: list[int]) -> dict[int, str]:
+    """Fold -> the run id a rerun of that fold continues (``single.resumable``), for the ``folds`` that have one."""
+    found = {fold: resumable([r for r in runs if r.data.tags.get("fold") == str(fold)]) for fold in folds}
+    return {fold: run_id for fold, run_id in found.items() if run_id}
+
+
 def finished_folds(runs: list[Any]) -> dict[int, Any]:
     """Latest FINISHED run per fold among ``runs`` (newest first)."""
     found: dict[int, Any] = {}
@@ -283,7 +292,7 @@ def _run_variant(cand: Candidate, group_name: str, data: _Data, ctx: tracking.Ru
             log.info(progress.line(f"{cand.label} fold {fold + 1}/{k}", outcome.ok, outcome.detail))
 
         spec = FoldSpec(cand.config, cand.label, tracking.child_tags(KIND, cand.label, {"kfold_key": key}),
-                        assignment)
+                        assignment, resume_folds(fold_runs(ctx.experiment_id, cand.label, key), todo))  # stale ended
         outcomes = cross_validate(spec, todo, ctx.under(parent.run_id), workers, dataset, report)
         finished = sum(o.ok for o in outcomes.values())
         runs = finished_folds(fold_runs(ctx.experiment_id, cand.label, key))

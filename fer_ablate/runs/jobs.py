@@ -8,27 +8,45 @@
   other exception cancel the queued jobs and terminate the running workers. A worker turns SIGTERM into
   ``KeyboardInterrupt`` too, so its run context manager ends its MLflow run KILLED before it exits.
 
+- Workers die with their launcher: each asks Linux for SIGTERM when its launcher dies (``PR_SET_PDEATHSIG``;
+  elsewhere a watchdog thread on the launcher's pid), so a launcher killed by SIGKILL or the OOM killer
+  leaves no worker training: each ends its run KILLED (a shared-queue run goes back in the queue).
+- ``launcher_lock``: one launcher per grid per store on a host (``fcntl.flock``, released by the kernel
+  however the launcher ends); ``process_identity`` / ``process_alive`` tell a later launcher whether the
+  worker named on a RUNNING run is still alive, so it never ends a live run KILLED.
+
 ``concurrent.futures.ProcessPoolExecutor`` is not used: one dead worker breaks its whole pool
 (``BrokenProcessPool`` fails every queued job), and its shutdown keeps starting queued jobs after Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
 import logging
 import multiprocessing
 import os
 import signal
+import socket
+import sys
+import tempfile
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from fer_ablate import interrupts, tracking
+from fer_ablate.errors import EXIT_UNAVAILABLE, FerAblateError
 
 log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 60  # a terminated worker ends its run KILLED (a few MLflow calls); then it is killed
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal a process gets when the thread that started it exits
+WATCHDOG_SECONDS = 1.0  # where prctl is missing, how often a worker looks whether its launcher still lives
 
 
 @dataclass
@@ -47,27 +65,58 @@ class JobResult:
         return self.error is None
 
 
-def _entry(fn: Callable[..., Any], args: tuple, ctx: tracking.RunContext, conn: Any) -> None:
+def die_with_launcher(launcher_pid: int) -> None:
+    """Make this process receive SIGTERM when ``launcher_pid``, its parent, dies (even by SIGKILL).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``; the signal comes when the *thread* that started this process
+    exits, so ``run_jobs`` must be called from a thread that outlives its jobs (the main thread does).
+    Elsewhere, or if prctl fails: a daemon thread that looks every ``WATCHDOG_SECONDS`` whether the parent
+    changed. A launcher that died before this call (the worker was still importing) is noticed here: the
+    process exits at once with status 130, before any run starts. Call after ``interrupts.install``.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    if os.getppid() != launcher_pid:  # orphaned already: the death signal will never come
+        os._exit(130)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == launcher_pid:
+                time.sleep(WATCHDOG_SECONDS)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
+def _entry(fn: Callable[..., Any], args: tuple, ctx: tracking.RunContext, conn: Any, launcher_pid: int) -> None:
     """Entry point of a spawned worker process: one job, its result sent through ``conn``."""
     # Ctrl-C in a terminal reaches the whole process group; the launcher alone decides, and stops workers
     # with SIGTERM, so one interrupt reaches a worker once.
     interrupts.install(ctrl_c=False)  # SIGTERM interrupts the job, never inside a store write
+    die_with_launcher(launcher_pid)
     from fer_ablate.logs import configure_logging
 
     configure_logging()
     os.environ.pop("MLFLOW_RUN_ID", None)  # the launcher's run is a parent, never this job's run
     tracking.enter_context(ctx)
     try:
-        conn.send(("ok", fn(*args)))
+        _send(conn, ("ok", fn(*args)))
     except KeyboardInterrupt:
-        conn.send(("error", "interrupted"))
+        _send(conn, ("error", "interrupted"))
         raise SystemExit(130) from None
     except Exception as exc:
         log.exception("job failed")
-        conn.send(("error", f"{type(exc).__name__}: {exc}"[:2000]))
+        _send(conn, ("error", f"{type(exc).__name__}: {exc}"[:2000]))
         raise SystemExit(1) from None
     finally:
         conn.close()
+
+
+def _send(conn: Any, reply: tuple) -> None:
+    """Send a reply to the launcher; a launcher that died (the reason this worker was stopped) reads none."""
+    with contextlib.suppress(OSError):  # BrokenPipeError: nobody holds the other end any more
+        conn.send(reply)
 
 
 def _exit_error(code: int | None) -> str:
@@ -116,7 +165,8 @@ def run_jobs(fn: Callable[..., Any], jobs: list[tuple], workers: int, ctx: track
             while queued and len(running) < workers:
                 i, args = queued.popleft()
                 reader, writer = context.Pipe(duplex=False)
-                proc = context.Process(target=_entry, args=(fn, args, ctx, writer), name=f"fer-ablate-job-{i}")
+                proc = context.Process(target=_entry, args=(fn, args, ctx, writer, os.getpid()),
+                                       name=f"fer-ablate-job-{i}")
                 proc.start()
                 writer.close()  # the child holds the only writer: its exit closes the pipe (EOF)
                 running[i] = _Worker(i, proc, reader)
@@ -175,6 +225,90 @@ def _stop(workers: Any) -> None:
             worker.proc.kill()
             worker.proc.join()
         worker.conn.close()
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None when it is gone,
+    is a zombie, or there is no /proc (then only the pid identifies it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (default: this one): tells it apart from a later process that
+    reuses its pid. Recorded on runs (tag ``worker``) so a later launcher knows whether their worker lives."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
+
+
+def process_alive(identity: str) -> bool | None:
+    """Whether the process ``identity`` (``process_identity``) still runs; None when it ran on another host
+    (or the identity is empty or malformed): this host cannot tell."""
+    parts = identity.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
+        return None
+    pid, start = int(parts[1]), parts[2]
+    if Path("/proc/self/stat").exists():
+        return start != "" and _start_ticks(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process holds the pid
+        return True
+    return True
+
+
+class LauncherBusy(FerAblateError, RuntimeError):
+    """Another live launcher on this host runs the same grid on the same store."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+def lock_folder() -> Path:
+    """Where launcher locks live: one folder per host and user (``$TMPDIR/fer-ablate-locks-<uid>``)."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"fer-ablate-locks-{uid}"
+
+
+@contextlib.contextmanager
+def launcher_lock(scope: str, what: str, shared: bool = False) -> Iterator[None]:
+    """Hold the launcher lock of ``scope`` (e.g. store, experiment and grid) on this host while the block
+    runs; raise LauncherBusy, naming the holder, when a live launcher holds it in a conflicting way.
+
+    Exclusive by default (one launcher); ``shared=True`` for launchers that coordinate among themselves (a
+    grid shared through a database queue): any number of those, but none beside an exclusive one.
+    ``fcntl.flock`` on a file named by a hash of ``scope`` (so a password in a store URL never reaches a
+    file name): the kernel releases it however the holder ends (SIGKILL, OOM), so a dead launcher never
+    blocks the next one; spawned workers do not inherit it. ``what`` names the work in the message.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one launcher per grid is then the user's care
+        yield
+        return
+    folder = lock_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(scope.encode()).hexdigest()[:20]}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "another process"
+            how = "shares it through --storage: join with the same --storage" if "--storage" in holder else \
+                "runs it alone: wait for it to end or stop it (or share the grid with --storage from the start)"
+            raise LauncherBusy(f"{what} is already being run on this store by {holder}, which {how}") from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        note = f"fer-ablate pid {os.getpid()} on {socket.gethostname()} (since {started}{', with --storage' * shared})"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a new holder)
 
 
 class Progress:

@@ -21,10 +21,12 @@ from fer_ablate.tracking.lifecycle import (  # noqa: F401  (one run lifecycle fo
     end_stale_runs,
     ended_run,
     enter_context,
+    metric_history,
     nested_run,
     open_context,
     open_parent,
     parent_run,
+    resumable_status,
     summarize_children,
     tracked_run,
 )

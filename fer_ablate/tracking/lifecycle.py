@@ -23,6 +23,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from fer_ablate.redact import redact_text
 from fer_ablate.tracking.queries import parent_run_name, tag_filter
 from fer_ablate.tracking.store import HEADLINE_METRIC, project_source_tags, source_tags
 
@@ -69,17 +70,26 @@ class RunHandle:
 
     run_id: str
     failure: str | None = None
+    left_open: str | None = None
 
     def fail(self, message: str) -> None:
         """Record that the run did not do all its work (e.g. children failed); it ends FAILED with ``message``."""
         self.failure = message
 
+    def leave_open(self, reason: str) -> None:
+        """Leave the run RUNNING when the block ends, however it ends: other processes still drive it and the
+        last of them ends it (a shared grid's parent while other machines train its runs)."""
+        self.left_open = reason
+
 
 def end_run_by_id(run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
-    """Terminate a run that is not active in this process (a parent, or a stale child of a killed grid)."""
+    """Terminate a run that is not active in this process (a parent, or a stale child of a killed grid).
+
+    ``error`` becomes the ``error`` tag with every password hidden (``fer_ablate.redact``): exception texts
+    of database drivers quote storage URLs."""
     client = MlflowClient()
     if error:
-        client.set_tag(run_id, "error", error[:5000])
+        client.set_tag(run_id, "error", redact_text(error)[:5000])
     client.set_terminated(run_id, status)
 
 
@@ -142,7 +152,10 @@ def ended_run(run_id: str, own_children: bool = False, headline: str = HEADLINE_
     finally:
         if status == "FINISHED" and handle.failure:
             status, error = "FAILED", handle.failure
-        _close(handle.run_id, status, error, own_children, headline)
+        if handle.left_open:
+            log.info("run %s left RUNNING: %s", handle.run_id, handle.left_open)
+        else:
+            _close(handle.run_id, status, error, own_children, headline)
 
 
 def _close(run_id: str, status: str, error: str | None, own_children: bool, headline: str) -> None:
@@ -191,14 +204,21 @@ def nested_run(ctx: RunContext, run_name: str, tags: dict[str, str] | None = Non
 
 @contextlib.contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+                parent_run_id: str | None = None, resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, resume) a run active in this process; end it truly.
 
     A child run (``parent_run_id``) is always created afresh, even inside ``mlflow run`` whose
-    MLFLOW_RUN_ID would otherwise be resumed. Whatever was logged before an exception stays; the error
-    message is kept as the ``error`` tag.
+    MLFLOW_RUN_ID would otherwise be resumed. ``resume_run_id``: an ended run (KILLED, or FAILED by its
+    machine) continued in place: back to RUNNING, its last ``error`` tag removed (kept as
+    ``resume.<n>.previous_error``), and ``resumes`` counts the resumes. Whatever was logged before an
+    exception stays; the error message is kept as the ``error`` tag.
     """
-    if parent_run_id:
+    if resume_run_id:
+        _mark_resumed(resume_run_id)
+        run = mlflow.start_run(run_id=resume_run_id)
+        if tags:  # e.g. the number of the study trial that continues it
+            mlflow.set_tags(tags)
+    elif parent_run_id:
         created = MlflowClient().create_run(
             experiment_id, run_name=run_name,
             tags={**source_tags(), **(tags or {}), "mlflow.parentRunId": parent_run_id})
@@ -221,6 +241,36 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str] | None =
         _end_active_run(run.info.run_id, status, error)
 
 
+# Error tags of runs whose machine, not their training, failed: a rerun continues them from their checkpoint.
+INFRASTRUCTURE_FAILURES = ("its worker died", "worker process", "worker died", "left RUNNING", "MemoryError",
+                           "OSError", "ConnectionError", "TimeoutError", "its process was stopped")
+
+
+def resumable_status(run: Any) -> bool:
+    """True for a run a rerun may continue: KILLED (Ctrl-C, SIGTERM, a dead worker), or FAILED with an
+    ``error`` tag that blames the machine (``INFRASTRUCTURE_FAILURES``), never a run that failed on its own."""
+    if run.info.status == "KILLED":
+        return True
+    error = run.data.tags.get("error", "")
+    return run.info.status == "FAILED" and error.startswith(INFRASTRUCTURE_FAILURES)
+
+
+def _mark_resumed(run_id: str) -> None:
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    count = int(run.data.tags.get("resumes", "0")) + 1
+    client.set_tag(run_id, "resumes", str(count))
+    client.set_tag(run_id, f"resume.{count}.previous_status", run.info.status)
+    if "error" in run.data.tags:
+        client.set_tag(run_id, f"resume.{count}.previous_error", run.data.tags["error"][:5000])
+        client.delete_tag(run_id, "error")
+
+
+def metric_history(run_id: str, key: str) -> dict[int, float]:
+    """Step -> value of metric ``key`` of run ``run_id`` (the last value logged at each step)."""
+    return {m.step: m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+
+
 def _end_active_run(run_id: str, status: str, error: str | None) -> None:
     """End this process's active run. A second signal during the bookkeeping: try once more. A store that
     fails here is logged and, when the run's own block raised, does not replace that exception; MLflow
@@ -228,7 +278,7 @@ def _end_active_run(run_id: str, status: str, error: str | None) -> None:
     for _ in range(2):
         try:
             if error:
-                MlflowClient().set_tag(run_id, "error", error[:5000])
+                MlflowClient().set_tag(run_id, "error", redact_text(error)[:5000])  # no password in a tag
             mlflow.end_run(status)
             return
         except KeyboardInterrupt:

@@ -49,10 +49,23 @@ def _yaml(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+def _unlogged_params(run_id: str, params: dict[str, str]) -> dict[str, str]:
+    """``params`` less those the run holds already. A resumed run (a k-fold parent, a continued child) may get a
+    config that differs only where the config hash does not look (the data's path or spelling, verbosity,
+    devices): MLflow refuses to change a param, so the first value stays and the new ones go to the tag
+    ``params_on_resume``."""
+    client = MlflowClient()
+    logged = client.get_run(run_id).data.params
+    changed = {k: v for k, v in params.items() if k in logged and logged[k] != v}
+    if changed:
+        client.set_tag(run_id, "params_on_resume", "; ".join(f"{k}={v}" for k, v in changed.items())[:5000])
+    return {k: v for k, v in params.items() if k not in logged}
+
+
 def log_config_to(run_id: str, cfg: dict[str, Any]) -> None:
     """The resolved config as params, ``config.yaml`` and Source tags on a run not active here (a parent)."""
     client = MlflowClient()
-    client.log_batch(run_id, params=[Param(k, v) for k, v in param_values(cfg).items()])
+    client.log_batch(run_id, params=[Param(k, v) for k, v in _unlogged_params(run_id, param_values(cfg)).items()])
     client.log_text(run_id, _yaml(cfg), "config.yaml")
     for key, value in source_tags().items():
         client.set_tag(run_id, key, value)
@@ -61,7 +74,7 @@ def log_config_to(run_id: str, cfg: dict[str, Any]) -> None:
 def log_config(cfg: dict[str, Any], config_hash: str) -> str:
     """The active run's resolved config: params, ``config.yaml``, tags ``variant``, ``config_hash`` (computed
     by the caller: ``config.settings.config_hash``), the git commit and the Source column; returns the hash."""
-    mlflow.log_params(param_values(cfg))
+    mlflow.log_params(_unlogged_params(mlflow.active_run().info.run_id, param_values(cfg)))
     mlflow.log_text(_yaml(cfg), "config.yaml")
     mlflow.set_tags({"variant": str(cfg.get("variant", "")), "config_hash": config_hash})
     if mlflow.active_run().data.tags.get("mlflow.source.type") != "PROJECT":  # `mlflow run` filled it

@@ -31,6 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -38,6 +39,7 @@ from mlflow.tracking import MlflowClient
 from fer_ablate.config.names import safe_name
 from fer_ablate.errors import EXIT_UNAVAILABLE, FerAblateError
 from fer_ablate.paths import artifact_root, default_tracking_uri, project_root
+from fer_ablate.redact import has_secret, redact_text, redact_url, remember, secrets_of, url_problem
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact floods logs
 log = logging.getLogger(__name__)
@@ -65,28 +67,87 @@ class TrackingError(FerAblateError, RuntimeError):
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when the tracking server does not answer (raises TrackingError)."""
+    """Fail fast, before any training, when the tracking server does not answer, a SQLite store's folder is
+    missing or a database URL's password holds an unencoded '@' (raises TrackingError). Messages show the
+    URI without its password (``fer_ablate.redact``)."""
+    shown = redact_url(uri)
+    problem = url_problem(uri)
+    if problem:
+        raise TrackingError(f"tracking store: {problem}")
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status >= 400:
-                    raise TrackingError(f"MLflow tracking server {uri} answered HTTP {response.status}")
+                    raise TrackingError(f"MLflow tracking server {shown} answered HTTP {response.status}")
         except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({exc}); start it or set MLFLOW_TRACKING_URI"
-            ) from exc
+            raise TrackingError(redact_text(
+                f"MLflow tracking server {shown} is unreachable ({exc}); start it or set MLFLOW_TRACKING_URI"
+            )) from exc
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
         if not folder.is_dir():
-            raise TrackingError(f"tracking store {uri}: folder {folder} does not exist")
+            raise TrackingError(f"tracking store {shown}: folder {folder.absolute()} does not exist")
+
+
+def launcher_folder() -> Path | None:
+    """The folder ``mlflow run`` was started from, when this process is an ``mlflow run`` entry point; else None.
+
+    ``mlflow run`` runs the entry point's command in the project's folder (``bash -c`` with ``cwd`` the
+    project), so the user's own folder, where their relative ``-P data=...`` paths and relative
+    ``sqlite:///mlflow.db`` store are, is the launcher's working directory: found by walking up this
+    process's parents to the ``mlflow run`` process (Linux ``/proc``; None elsewhere or when not found).
+    """
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return None
+    pid = os.getppid()
+    for _ in range(8):  # launcher -> bash -c (often exec'd away) -> python: a few levels at most
+        if pid <= 1:
+            return None
+        try:
+            args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+            if any(Path(a).name == "mlflow" and nxt == "run" for a, nxt in zip(args, args[1:], strict=False)):
+                return Path(os.readlink(f"/proc/{pid}/cwd"))
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def absolute_store_uri(uri: str) -> str:
+    """A SQLite store URI with a relative path (``sqlite:///mlflow.db``) made absolute; others unchanged.
+
+    Relative to the folder ``mlflow run`` was started from (``launcher_folder``: the launcher already
+    created its run in that file) else to the working directory, so that worker processes, the artifact
+    folder beside the file (``paths.artifact_root``) and the default Optuna storage all find the same file.
+    """
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = uri[len("sqlite:///"):]
+    if not path or path.startswith(("/", ":memory:", "file:")):
+        return uri
+    return f"sqlite:///{(launcher_folder() or Path.cwd()) / path}"
 
 
 def use_store(tracking_uri: str | None = None) -> str:
-    """Point MLflow at the store (checked first) without choosing an experiment; return the URI."""
-    uri = tracking_uri or default_tracking_uri()
+    """Point MLflow at the store (checked first; a relative SQLite path made absolute) without choosing an
+    experiment; return the URI."""
+    uri = absolute_store_uri(tracking_uri or default_tracking_uri())
+    remember(*secrets_of(uri))  # hidden from every later message of this process
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def launcher_run_params() -> dict[str, str]:
+    """The params of the run ``mlflow run`` made for this process (its MLproject parameters, which MLflow
+    records before the entry point starts); {} outside ``mlflow run`` or when the run cannot be read."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return {}
+    try:
+        return dict(MlflowClient().get_run(run_id).data.params)
+    except mlflow.exceptions.MlflowException:
+        return {}
 
 
 def tracking_uri() -> str:
@@ -122,18 +183,23 @@ def configure(experiment: str | None = None, tracking_uri: str | None = None,
 
     The experiment follows the module's rule (``experiment`` is ``train --experiment-name``); it is created
     when missing, tagged so MLflow's UI opens it on the runs table. A known ``experiment_id`` (a grid's
-    children, a worker) is used as is. Raises TrackingError when the store cannot be used.
+    children, a worker) is used as is. Raises TrackingError when the store cannot be used or the experiment
+    was deleted in the UI (``check_active``: one line with the command that restores it).
     """
     uri = use_store(tracking_uri)
     if experiment_id:
         return experiment_id
     launched = launcher_experiment_id()
-    if launched:
-        tag_experiment(launched)
-        return launched
-    name = experiment_name(experiment)
+    name = experiment_name(experiment) if not launched else None
     try:
+        if launched:
+            found = MlflowClient().get_experiment(launched)
+            check_active(found, uri)
+            tag_experiment(launched, found.tags)
+            return launched
         found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            check_active(found, uri)
         if found is None:
             root = artifact_root(uri)
             artifacts = f"{root}/{name}" if root else None
@@ -148,7 +214,21 @@ def configure(experiment: str | None = None, tracking_uri: str | None = None,
         tag_experiment(found.experiment_id, found.tags)
         return found.experiment_id
     except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"tracking store {uri}: {exc}") from exc
+        raise TrackingError(redact_text(f"tracking store {uri}: {exc}")) from exc
+
+
+def check_active(experiment: Any, uri: str) -> None:
+    """Refuse an MLflow experiment deleted in the UI (its runs cannot be created: MLflow's "must be in the
+    'active' state") with one line giving the command that restores it. Raises TrackingError."""
+    if experiment.lifecycle_stage == "active":
+        return
+    number = experiment.experiment_id
+    store = shlex.quote(redact_url(uri))
+    raise TrackingError(
+        f"MLflow experiment '{experiment.name}' (id {number}) is deleted (in the UI's trash): restore it with "
+        f"`MLFLOW_TRACKING_URI={store} mlflow experiments restore --experiment-id {number}`, or use another "
+        f"MLflow experiment (MLFLOW_EXPERIMENT_NAME=NAME; train: --experiment-name NAME); its name stays taken "
+        f"until `mlflow gc --experiment-ids {number}` deletes it for good")
 
 
 def tag_experiment(experiment_id: str, tags: dict[str, str] | None = None) -> None:
@@ -204,7 +284,7 @@ def source_tags() -> dict[str, str]:
         program = "fer-ablate"
     elif program == "__main__.py":
         program = f"python -m {script.parent.name}"
-    args = sys.argv[1:]
+    args = [redact_text(a) for a in sys.argv[1:]]  # `--storage postgresql://fer:***@host/db`: no password
     shown = " ".join([program, *(shlex.quote(re.sub(r"[^=\s]*/", "", a)) for a in args)])  # folders cut
     command = " ".join([program, *map(shlex.quote, args)])
     return {"mlflow.source.name": shown[:500], "mlflow.source.type": "LOCAL", "command": command[:5000]}
@@ -222,8 +302,11 @@ def project_source_tags(tags: dict[str, str]) -> dict[str, str]:
     if tags.get("mlflow.source.type") != "PROJECT":
         return {}
     uri = tags.get("mlflow.source.name", "")
+    # A git URL with a token in it (https://user:TOKEN@host/repo) is recorded by MLflow itself: overwritten.
+    hidden = {key: redact_url(tags[key]) for key in ("mlflow.source.name", "mlflow.source.git.repoURL",
+                                                     "mlflow.gitRepoURL") if has_secret(tags.get(key, ""))}
     if uri.startswith(("https://", "http://", "git@", "git+")):
-        return {"command": source_tags()["command"]}
+        return {"command": source_tags()["command"], **hidden}
     entry = tags.get("mlflow.project.entryPoint", "main")
     shown = PROJECT_NAME if entry != "main" else f"{PROJECT_NAME}:main"  # the UI adds other entries itself
-    return {"mlflow.source.name": shown, "project_uri": uri[:5000], "command": source_tags()["command"]}
+    return {"mlflow.source.name": shown, "project_uri": redact_url(uri)[:5000], "command": source_tags()["command"]}

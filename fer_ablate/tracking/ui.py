@@ -11,6 +11,7 @@ import urllib.parse
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from fer_ablate.redact import redact_url
 from fer_ablate.tracking.queries import get_run, project_experiment_ids
 from fer_ablate.tracking.store import HEADLINE_VIEW, tag_experiment
 
@@ -24,18 +25,19 @@ log = logging.getLogger(__name__)
 def ui_address(uri: str) -> str:
     """Where MLflow's UI for the store ``uri`` is: a tracking server serves it itself; for a database or
     folder store it is what ``ui_command`` starts."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    if not uri.startswith(("http://", "https://")):
+        return UI_ADDRESS
+    parts = urllib.parse.urlsplit(redact_url(uri))  # a browser address: user-info (a password) left out
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
 
 
 def ui_command(uri: str) -> str | None:
     """The command that starts MLflow's UI on the store ``uri`` (None for a tracking server, which serves
-    its UI already). A password in the URI is shown as ``***``: the line goes to terminals and CI logs."""
+    its UI already). A password in the URI is shown as ``***`` (``fer_ablate.redact``, which also reads a
+    password holding '/' or '#', and ``?password=``): the line goes to terminals and CI logs."""
     if uri.startswith(("http://", "https://")):
         return None
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        uri = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(redact_url(uri))}"
 
 
 def runs_table_url(experiment_id: str | None = None) -> str:

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -21,6 +22,8 @@ from fer_ablate import interrupts
 from fer_ablate.data import NUM_CLASSES, Dataset
 from fer_ablate.models import MirrorAverage, build_from_config
 from fer_ablate.models.augmentation import RandomAffine
+from fer_ablate.training import checkpoints
+from fer_ablate.training.batches import EpochBatches, ShuffleEpoch
 from fer_ablate.training.hardware import choose_device_count, current_machine, resolve_precision
 from fer_ablate.training.metrics import degenerate_verdict, evaluate_probabilities
 
@@ -53,6 +56,8 @@ class TrainResult:
     devices: int = 1  # data-parallel replicas
     degenerate: bool = False  # validation predictions in one class, or accuracy within noise of the majority
     degenerate_reason: str = ""
+    resumed_from: int = 0  # epochs a checkpoint had already done (0: trained from the start)
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints
 
 
 def build_augmenter(aug_cfg: dict[str, Any], seed: int) -> list[keras.layers.Layer]:
@@ -193,11 +198,12 @@ class InterruptPoint(keras.callbacks.Callback):
     or Keras internals, where an exception can leave their state half-done."""
 
     # Batch *begin* hooks: Keras calls them synchronously, and they leave its asynchronous dispatch of
-    # batch-end callbacks (and the device pipelining behind it) as it is.
+    # batch-end callbacks (and the device pipelining behind it) as it is. Not at an epoch's end: a signal held
+    # there waits for the next begin hook, after the epoch's checkpoint and metrics are written.
     def on_train_batch_begin(self, batch, logs=None):
         interrupts.raise_if_held()
 
-    on_test_batch_begin = on_predict_batch_begin = on_epoch_begin = on_epoch_end = on_train_batch_begin
+    on_test_batch_begin = on_predict_batch_begin = on_epoch_begin = on_train_batch_begin
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -268,12 +274,15 @@ def _as_input(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)[..., None]
 
 
-def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None = None
-          ) -> TrainResult:
+def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None = None,
+          checkpoint: Path | None = None) -> TrainResult:
     """Train the configured model on ``dataset`` and evaluate the best epoch on every split.
 
     ``train.precision: auto`` resolves for this machine (``TrainResult.precision``); ``train.devices`` above
     one trains data-parallel through Keras' ``DataParallel`` (JAX backend only; ConfigError otherwise).
+    ``checkpoint``: a file (``training.checkpoints``) written at every epoch's end; when it exists already,
+    training continues from it (``TrainResult.resumed_from`` epochs were done), or CheckpointMismatch (a
+    ConfigError) when it was made for another config hash or data digest.
     """
     devices = data_parallel_devices(cfg["train"]["devices"])
     distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
@@ -290,7 +299,7 @@ def train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks
                           f"{replicas} data-parallel devices (train.devices)")
     # Variables made inside the scope are replicated and each batch is split across the devices.
     with distribution.scope() if distribution else contextlib.nullcontext():
-        result = _train(cfg, dataset, callbacks, replicas, precision)
+        result = _train(cfg, dataset, callbacks, replicas, precision, checkpoint)
     result.precision, result.precision_reason, result.devices = precision, reason, replicas
     return result
 
@@ -354,7 +363,7 @@ def _predict(model: keras.Model, x: np.ndarray, replicas: int) -> np.ndarray:
 
 
 def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callbacks.Callback] | None,
-           replicas: int, precision: str) -> TrainResult:
+           replicas: int, precision: str, checkpoint: Path | None) -> TrainResult:
     t = cfg["train"]
     keras.utils.set_random_seed(t["seed"])
     inference, training, param_count = build_models(cfg, precision)
@@ -362,40 +371,56 @@ def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callback
     compile_for_training(training, t, len(dataset.splits["train"][1]))
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]
-    if replicas > 1:  # fewer than `replicas` images left out per epoch; final metrics use every image
-        keep, keep_val = _whole_batches(len(y_train), replicas), _whole_batches(len(y_val), replicas)
-        (x_train, y_train), (x_val, y_val) = (x_train[keep], y_train[keep]), (x_val[keep_val], y_val[keep_val])
+    if replicas > 1:  # fewer than `replicas` images left out; final metrics use every image
+        keep_val = _whole_batches(len(y_val), replicas)
+        x_val, y_val = x_val[keep_val], y_val[keep_val]
+    batches = EpochBatches(x_train, y_train, t["batch_size"], t["seed"], NUM_CLASSES,
+                           _class_weights(y_train) if t["class_weights"] else None)
     best = BestWeights(training, restore=t["restore_best"])
     clock = EpochClock(t["epochs"], 60 * t["time_budget_minutes"])
-    keras_callbacks: list[keras.callbacks.Callback] = [InterruptPoint(), clock, best]
-    if t["lr_schedule"] == "cosine_time":
-        keras_callbacks.insert(0, TimeCosine(t["learning_rate"], 60 * t["time_budget_minutes"]))
+    timed = TimeCosine(t["learning_rate"], 60 * t["time_budget_minutes"]) if t["lr_schedule"] == "cosine_time" else None
+    stateful: list[keras.callbacks.Callback] = []
     if t["reduce_lr_on_plateau"]:
-        keras_callbacks.append(keras.callbacks.ReduceLROnPlateau(
+        stateful.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=t["plateau_factor"], patience=t["plateau_patience"], min_lr=t["min_lr"]))
     if t["early_stopping_patience"] > 0:
-        keras_callbacks.append(keras.callbacks.EarlyStopping(
+        stateful.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=t["early_stopping_patience"], mode="max"))
+    resumed = _resume(checkpoint, cfg, dataset, training, best)
+    keras_callbacks: list[keras.callbacks.Callback] = [
+        InterruptPoint(), ShuffleEpoch(batches), *([timed] if timed else []), clock, best, *stateful]
+    saver = None
+    if checkpoint is not None:  # after the callbacks whose state it saves, before the callers' (metrics logged
+        # after the checkpoint: a kill between the two re-logs the epoch from the checkpoint, never twice)
+        saver = checkpoints.EpochCheckpoint(checkpoint, checkpoints.fingerprint(cfg, dataset.digest), best, clock,
+                                            timed, stateful, resumed)
+        keras_callbacks.append(saver)
     keras_callbacks.extend(callbacks or [])
     start = time.perf_counter()
-    fit = training.fit(
-        _as_input(x_train),
-        keras.utils.to_categorical(y_train, NUM_CLASSES),
-        validation_data=(_as_input(x_val), keras.utils.to_categorical(y_val, NUM_CLASSES)),
-        epochs=t["epochs"],
-        batch_size=t["batch_size"],
-        class_weight=_class_weights(y_train) if t["class_weights"] else None,
-        callbacks=keras_callbacks,
-        # A live bar in a log file is thousands of carriage returns: one line per epoch there.
-        verbose=t["verbose"] if t["verbose"] != 1 or sys.stdout.isatty() else 2,
-    )
-    seconds = time.perf_counter() - start
-    history = {EPOCH_METRICS[k]: [float(v) for v in vals] for k, vals in fit.history.items()
-               if k in EPOCH_METRICS}
+    done = resumed.epoch if resumed else 0
+    fit_history: dict[str, list[float]] = {}
+    if resumed and (resumed.stopped or resumed.epoch >= t["epochs"]):
+        log.info("checkpoint: training had ended after epoch %d; evaluating", resumed.epoch)
+        best.on_train_end()  # the best epoch's weights, as fit's end would have restored them
+    else:
+        fit_history = training.fit(
+            batches,
+            validation_data=(_as_input(x_val), keras.utils.to_categorical(y_val, NUM_CLASSES)),
+            epochs=t["epochs"],
+            initial_epoch=done,
+            shuffle=False,  # the batches shuffle themselves, by (seed, epoch)
+            callbacks=keras_callbacks,
+            # A live bar in a log file is thousands of carriage returns: one line per epoch there.
+            verbose=t["verbose"] if t["verbose"] != 1 or sys.stdout.isatty() else 2,
+        ).history
+    seconds = time.perf_counter() - start + (resumed.elapsed if resumed else 0.0)
+    merged = saver.history if saver else fit_history
+    history = {EPOCH_METRICS[k]: [float(v) for v in vals] for k, vals in merged.items() if k in EPOCH_METRICS}
     epochs_run = len(history.get("train_loss", []))
     result = TrainResult(model=inference, history=history, metrics={}, param_count=param_count,
                          best_epoch=best.best_epoch, epochs_run=epochs_run, train_seconds=seconds,
-                         images_per_second=len(y_train) * epochs_run / max(seconds, 1e-9))
+                         images_per_second=batches.images_per_epoch * epochs_run / max(seconds, 1e-9),
+                         resumed_from=done, checkpoint_seconds=saver.seconds_writing if saver else 0.0)
     if not t["restore_best"]:
         log.info("train.restore_best is false: evaluating the last epoch's weights (best was epoch %d)",
                  best.best_epoch)
@@ -406,6 +431,20 @@ def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callback
             result.metrics[f"{_prefix(split)}_{name}"] = value
     result.degenerate, result.degenerate_reason = degenerate_verdict(*result.predictions["validation"])
     return result
+
+
+def _resume(path: Path | None, cfg: dict[str, Any], dataset: Dataset, training: keras.Model, best: BestWeights
+            ) -> checkpoints.TrainingState | None:
+    """Load the checkpoint at ``path`` into ``training`` and ``best`` (None when there is none)."""
+    if path is None or not path.exists():
+        return None
+    state = checkpoints.read_state(path)
+    checkpoints.check_fingerprint(state, checkpoints.fingerprint(cfg, dataset.digest), path)
+    training.optimizer.build(training.trainable_variables)  # its variables exist before the first step
+    best.weights = checkpoints.restore(path, training)
+    best.best, best.best_epoch = state.best, state.best_epoch
+    log.info("checkpoint %s: resuming after epoch %d of %d", path, state.epoch, cfg["train"]["epochs"])
+    return state
 
 
 def _prefix(split: str) -> str:

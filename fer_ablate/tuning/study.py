@@ -12,6 +12,8 @@ whose trials keep failing stops (``MAX_CONSECUTIVE_FAILURES``) and fails instead
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,10 +36,11 @@ from fer_ablate.data.folds import make_folds, training_pool
 from fer_ablate.data.loading import resolve_source
 from fer_ablate.errors import EXIT_FAILED, FerAblateError
 from fer_ablate.paths import default_tracking_uri, project_root
+from fer_ablate.redact import from_env, redact_text, redact_url, remember, secrets_of, url_problem
 from fer_ablate.runs.cross_validation import FoldSpec, cross_validate
 from fer_ablate.runs.jobs import run_jobs
 from fer_ablate.runs.shared_queue import StorageError, open_rdb_storage
-from fer_ablate.runs.single import ChildOutcome, train_and_track
+from fer_ablate.runs.single import ChildOutcome, resumable, train_and_track
 from fer_ablate.training.loop import EPOCH_METRICS
 from fer_ablate.tuning.space_match import check_study_matches
 
@@ -47,6 +50,7 @@ KIND = "study"
 # (data, code, a config the space cannot fix) is broken, and a study would otherwise fail trials forever
 # (``n_trials`` counts finished trials only). 5 still lets a space with a few impossible corners go on.
 MAX_CONSECUTIVE_FAILURES = 5
+RUN_ID_ATTR = "mlflow_run_id"  # the trial attribute holding its MLflow run id
 # Heartbeats and some samplers are 'experimental' in Optuna 5; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -67,7 +71,7 @@ def _stores_folder() -> Path:
 def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """A dead worker's trial: end its MLflow run (and a k-fold trial's fold run in progress) KILLED, then let
     Optuna re-queue the trial."""
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id:
         tracking.end_stale_runs(tracking.direct_children(run_id), "worker died (heartbeat lost)")
         tracking.end_run_by_id(run_id, "KILLED", "worker died (heartbeat lost); the trial was retried")
@@ -76,18 +80,48 @@ def _end_orphaned_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
 
 
 def open_storage(url: str | None) -> Any:
-    """Optuna storage for a URL (default SQLite, ``journal:PATH``, or a database URL with heartbeats);
-    an invalid URL or unreachable database fails here, before training."""
-    url = url or default_storage()
+    """Optuna storage for a URL (default SQLite, ``journal:PATH``, a database URL with heartbeats, or
+    ``env:NAME``: the URL in that environment variable); an invalid URL, a password with an unencoded '@', an
+    unreachable database or a journal file that cannot be written fails here, before any trial, with a
+    StorageError whose message shows no password (``fer_ablate.redact``)."""
+    try:
+        url = from_env(url) or default_storage()
+    except LookupError as exc:
+        raise StorageError(f"storage {exc}") from None
+    remember(*secrets_of(url))  # hidden from every later message of this process (a worker's too)
     if url.startswith("journal:"):
-        try:
-            return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-        except OSError as exc:
-            raise StorageError(f"storage {url} cannot be used: {exc}") from exc
+        return _journal_storage(Path(url[len("journal:"):]))
     if "://" not in url:
-        raise StorageError(f"storage '{url}' is neither a database URL nor journal:PATH")
+        raise StorageError(f"storage '{redact_url(url)}' is neither a database URL nor journal:PATH")
+    problem = url_problem(url)
+    if problem:  # SQLAlchemy would blame DNS and print part of the password
+        raise StorageError(f"storage: {problem}")
     # Heartbeat and grace: FER_ABLATE_HEARTBEAT_SECONDS and ..._GRACE_SECONDS, checked there (StorageError).
-    return open_rdb_storage(url, on_stale=_end_orphaned_run)
+    try:
+        return open_rdb_storage(url, on_stale=_end_orphaned_run)
+    except StorageError as exc:  # its message quotes the URL and the driver's error: no password past here
+        raise StorageError(redact_text(str(exc))) from None
+
+
+def _journal_storage(path: Path) -> JournalStorage:
+    """A journal-file storage, refused in one line (StorageError) unless both the file and its folder can be
+    written: Optuna appends to the file and locks it with a link beside it, and an existing journal on a
+    read-only mount or in a folder without write permission would otherwise open fine and fail at the first
+    trial's lock with a traceback."""
+    path = path.expanduser().absolute()
+    if not path.parent.is_dir():
+        raise StorageError(f"journal file {path}: folder {path.parent} does not exist")
+    try:
+        with open(path, "ab"):  # what Optuna does to a new file; on an existing one it checks the write right
+            pass
+        handle, probe = tempfile.mkstemp(prefix=".fer-ablate-write-probe-", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"journal file {path} cannot be written ({exc.strerror}): Optuna appends to it and "
+                           f"locks it with a file beside it, so {path.parent} must be writable; choose a "
+                           "writable place with --storage journal:PATH") from None
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def make_sampler(spec: dict[str, Any], space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -209,7 +243,7 @@ class TrialReporter(RecordRunId):
     """
 
     def __init__(self, trial: optuna.Trial, metric: str, signal: str | None = None, maximize: bool = True):
-        super().__init__(trial, "mlflow_run_id")
+        super().__init__(trial, RUN_ID_ATTR)
         self.metric, self.pruned, self.values = metric, False, []
         self.signal = signal or metric
         self.sign = -1.0 if self.signal.endswith("loss") == maximize else 1.0
@@ -250,14 +284,20 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except BaseException as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            trial.set_user_attr("error", redact_text(f"{type(exc).__name__}: {exc}")[:1000])  # no password
             raise  # Optuna records the trial FAIL; optimize(catch=...) lets the study go on
 
     def _train(self, trial: optuna.Trial, cfg: dict[str, Any], tags: dict[str, str]) -> float:
         reporter = TrialReporter(trial, self.space.metric, self.space.prune_on, self.space.direction == "maximize")
+        # Set when training starts, so present now only in a retry (``_requeue_interrupted``, heartbeats),
+        # which inherits the user attributes of the trial it retries.
+        earlier = trial.user_attrs.get(RUN_ID_ATTR)
+        resume = resumable([tracking.get_run(earlier)]) if earlier else None
+        if resume:  # the epochs before the checkpoint count towards the trial's value
+            reporter.values = [value for _, value in sorted(tracking.metric_history(resume, self.space.metric).items())]
         try:
             run_id, _ = train_and_track(cfg, run_name=f"trial {trial.number}", tags=tags, ctx=self.ctx,
-                                        extra_callbacks=[reporter])
+                                        extra_callbacks=[reporter], resume_run_id=resume)
         except BaseException:
             # The run may have failed before training began (a model that cannot be built): find it by tag.
             for run in tracking.child_runs(self.ctx.experiment_id, KIND, self.study_name):
@@ -286,7 +326,7 @@ class Objective:
         with tracking.nested_run(self.ctx, f"trial {trial.number}", {
                 **tags, "kfold_k": str(assignment.k), "kfold_folds": assignment.digest},
                 finished_on=(optuna.TrialPruned,)) as run:
-            trial.set_user_attr("mlflow_run_id", run.run_id)
+            trial.set_user_attr(RUN_ID_ATTR, run.run_id)
             tracking.log_config_to(run.run_id, cfg)
 
             def on_fold(fold: int, outcome: ChildOutcome) -> None:
@@ -325,15 +365,6 @@ def _load_once(data_cfg: dict[str, Any]) -> Dataset:
     return _LOADED[key]
 
 
-def _safe_url(url: str) -> str:
-    """The storage URL without a password, for tags."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.split("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}@{host}"
-    return url
-
-
 @dataclass(frozen=True)
 class StudyTask:
     """What one optimisation worker needs (picklable: it travels to spawned worker processes)."""
@@ -344,6 +375,20 @@ class StudyTask:
     n_trials: int | None
     timeout: float | None
     extra: dict[str, Any]
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """Enqueue again, with the same parameters, every FAIL trial whose MLflow run was interrupted with a
+    checkpoint (Ctrl-C, SIGTERM, a dead worker) and that no trial retries yet: the retry continues that run
+    from its last epoch (``Objective._train``) instead of the study sampling past it."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    for trial in trials:
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if trial.state == TrialState.FAIL and trial.number not in retried and run_id \
+                and resumable([tracking.get_run(run_id)]):
+            RetryHeartbeatStaleTrialCallback(max_retry=3)(study, trial)  # the same re-enqueue, any FAIL
+            log.info("trial %d was interrupted: enqueued again, to continue run %s", trial.number, run_id)
 
 
 def _optimize(task: StudyTask, ctx: tracking.RunContext) -> None:
@@ -420,6 +465,10 @@ def run_study(request: StudyRequest, tracking_uri: str | None = None) -> dict[st
     """
     space_name, n_trials, timeout = request.space, request.n_trials, request.timeout
     storage, workers, extra = request.storage, request.workers, dict(request.overrides)
+    try:
+        storage = from_env(storage)  # `env:NAME`: the URL (and its password) stays out of the command line
+    except LookupError as exc:
+        raise StorageError(f"storage {exc}") from None
     space = load_space(space_name)
     check_trial_config(space, extra)
     study_name = safe_name(request.study_name or space.name, "study")  # an MLflow search value and a reports/ folder
@@ -432,15 +481,16 @@ def run_study(request: StudyRequest, tracking_uri: str | None = None) -> dict[st
     study = optuna.create_study(study_name=study_name, storage=store, direction=space.direction,
                                 load_if_exists=True, sampler=make_sampler(space.sampler, space),
                                 pruner=make_pruner(space.pruner))
-    check_study_matches(study, space, _safe_url(storage_url))  # a reused name whose file changed: refused here
+    check_study_matches(study, space, redact_url(storage_url))  # a reused name whose file changed: refused here
     ctx = tracking.open_context(tracking_uri=tracking_uri)  # the store's one rule picks the MLflow experiment
     task = StudyTask(space_name, study_name, storage_url, n_trials, timeout, extra)
     with tracking.parent_run(ctx, KIND, study_name, {
-            "study_name": study_name, "storage": _safe_url(storage_url), "sampler": space.sampler["type"],
+            "study_name": study_name, "storage": redact_url(storage_url), "sampler": space.sampler["type"],
             "pruner": space.pruner["type"], "search_space": space.name},
             own_children=not storage_url.startswith(("postgresql", "mysql"))) as parent:
         ctx = ctx.under(parent.run_id)
         tracking.log_parent_summary(parent.run_id, {}, texts={"search_space.yaml": space.path.read_text()})
+        _requeue_interrupted(study)
         results = run_jobs(_optimize, [(task, ctx)] * workers, workers, ctx)
         failed = [r.error for r in results if not r.ok]
         if failed:
