@@ -365,3 +365,119 @@ def test_names_are_unicode_normalised_and_paths_cannot_escape(tmp_path):
         quote_filter_value("a'b\"c")
     with pytest.raises(ConfigError, match="outside"):
         path_under(tmp_path / "reports", "../../etc")
+
+
+# ---- issue 21: videos timed by their container, models giving logits, custom layers Keras cannot locate
+
+def _vint(data: bytes, i: int, keep_marker: bool) -> tuple[int, int]:
+    """An EBML variable-length integer at ``i``: (value, index after it)."""
+    n = 1
+    while n <= 8 and not data[i] & (0x80 >> (n - 1)):
+        n += 1
+    value = int.from_bytes(data[i:i + n], "big")
+    return (value if keep_marker else value & ((1 << (7 * n)) - 1)), i + n
+
+
+def _patch_webm(data: bytearray, start: int = 0, end: int | None = None, block_ms: int | None = None,
+                default_ms: int | None = None) -> bytearray:
+    """Edit a WebM (Matroska) in place, walking its EBML tree: every frame's timecode set to ``block_ms``
+    (a container without usable timestamps) and/or the track's DefaultDuration, which FFmpeg reports as
+    the fps, set to ``default_ms`` (1 ms: the 1000 fps a browser's MediaRecorder file claims)."""
+    end = len(data) if end is None else end
+    i = start
+    while i < end:
+        element, j = _vint(data, i, True)
+        size, k = _vint(data, j, False)
+        stop = min(k + size, end)
+        if element in (0x18538067, 0x1F43B675, 0x1654AE6B, 0xAE):  # Segment, Cluster, Tracks, TrackEntry
+            _patch_webm(data, k, stop, block_ms, default_ms)
+        elif element == 0xA3 and block_ms is not None:  # SimpleBlock: track number, then an int16 timecode
+            _, t = _vint(data, k, False)
+            data[t:t + 2] = block_ms.to_bytes(2, "big", signed=True)
+        elif element == 0x23E383 and default_ms is not None:  # DefaultDuration, in ns
+            data[k:stop] = (default_ms * 1_000_000).to_bytes(stop - k, "big")
+        i = stop
+    return data
+
+
+def _webm(path: Path, block_ms: int | None = None, default_ms: int | None = None) -> Path:
+    """A real 3-second WebM (VP8, 90 frames at 30 fps, written by OpenCV), then patched as asked."""
+    raw = path.with_suffix(".raw.webm")
+    writer = cv2.VideoWriter(str(raw), cv2.VideoWriter_fourcc(*"VP80"), 30, (64, 64))
+    for i in range(90):
+        writer.write(np.full((64, 64, 3), i, np.uint8))
+    writer.release()
+    path.write_bytes(_patch_webm(bytearray(raw.read_bytes()), block_ms=block_ms, default_ms=default_ms))
+    return path
+
+
+@pytest.mark.parametrize(("block_ms", "default_ms", "fps", "times", "warned"), [
+    (None, 1, 1000, [0.0, 1.0, 2.0], ["1000 fps, outside the sane range (0, 240]"]),  # browser-recorded
+    (0, None, 30, [0.0, 1.0, 2.0], ["frame 1 has no usable timestamp: later frames are timed at 30 fps"]),
+    (0, 1, 1000, [0.0, 1.2, 2.4], ["1000 fps, outside", "timed at 25 fps"]),  # neither: 25 fps assumed, said
+])
+def test_video_times_come_from_the_containers_timestamps(block_ms, default_ms, fps, times, warned, classifier,
+                                                         tmp_path, caplog):
+    path = _webm(tmp_path / "clip.webm", block_ms, default_ms)
+    capture = cv2.VideoCapture(str(path))
+    assert capture.get(cv2.CAP_PROP_FPS) == fps  # the header really says what the case is about
+    capture.release()
+    records = predict_paths(classifier, [str(path)], every=30)
+    assert [r["frame"] for r in records] == [0, 30, 60]
+    assert [r["time_s"] for r in records] == pytest.approx(times, abs=0.002)
+    messages = " ".join(r.getMessage() for r in caplog.records if r.levelno == 30)
+    assert all(w in messages for w in warned), messages
+
+
+def _logits_model(path: Path, scale: float = 400.0) -> Path:
+    """A contract-shaped model whose last layer is linear (logits), with weights big enough that its raw
+    outputs are far from probabilities (rows summing to hundreds, negative values)."""
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(7, kernel_initializer=keras.initializers.RandomNormal(
+        stddev=scale / 255, seed=1), bias_initializer="zeros")(x))
+    model.save(path)
+    return path
+
+
+def test_a_model_giving_logits_gets_a_softmax_said_in_one_warning(tmp_path, caplog):
+    path = _logits_model(tmp_path / "logits.keras")
+    raw = keras.saving.load_model(path)(np.full((1, 48, 48, 1), 200.0, np.float32)).numpy()
+    assert raw.min() < 0 and abs(raw.sum() - 1) > 1  # the file's own outputs are no probabilities
+    classifier = load_classifier(str(path))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == 30]
+    assert warning.startswith(f"{path}: the model gives logits, not probabilities (rows of a probe batch sum to ")
+    assert warning.endswith("a softmax is applied to its outputs") and "\n" not in warning
+    probs = classifier.classify_crops(np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8))
+    assert (probs >= 0).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    out = predictions_frame(classifier, pd.DataFrame({"pixels": [" ".join(["128"] * 2304)]}))
+    assert 0 < out["score"][0] <= 1 and out[[c for c in out if c.startswith("p_")]].sum(axis=1)[0] == \
+        pytest.approx(1, abs=1e-5)
+    # A sigmoid head (outputs in 0..1, rows not summing to 1) has no distribution to rescue: refused.
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    sigmoid = keras.Model(inputs, keras.layers.Dense(7, activation="sigmoid", kernel_initializer="ones")(x))
+    with pytest.raises(ModelError, match=r"^sig: the model's outputs are not probabilities \(rows of a probe "
+                                         r"batch sum to .*: a sigmoid head\?\); fer-ablate needs grey"):
+        check_model(sigmoid, "sig")
+
+
+def test_a_custom_layer_keras_cannot_locate_is_named_with_the_model_file(tmp_path, capsys):
+    @keras.saving.register_keras_serializable(package="h21")
+    class Brighten(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.GlobalAveragePooling2D()(Brighten()(inputs))
+    path = tmp_path / "custom.keras"
+    keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(x)).save(path)
+    del keras.saving.get_custom_objects()["h21>Brighten"]  # a user loading it without the defining module
+    expected = (f"{path}: Keras could not load this keras file: the custom class 'Brighten' (registered as "
+                "'h21>Brighten') is unknown here: import the module that defines it")
+    with pytest.raises(ModelError) as info:
+        load_classifier(str(path))
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    assert main(["predict", str(tmp_path), "--model", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.count("\n") == 0

@@ -51,6 +51,7 @@ def _weights(model: keras.Model) -> np.ndarray:
     return np.concatenate([w.ravel() for w in model.get_weights()])
 
 
+@pytest.mark.jax  # .ci/run runs it again under KERAS_BACKEND=jax
 def test_an_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path):
     cfg = resolve_config("paper", RESUMABLE)
     data = load_dataset(cfg["data"])

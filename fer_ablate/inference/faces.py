@@ -10,7 +10,11 @@ into a frame the model never saw in training.
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +54,31 @@ def _cv2():
     return cv2
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Grey ``uint8 [h, w]`` from encoded bytes: the one decoder of data/images.py (training uses it too)."""
-    return decode_grey(data, name, MAX_PIXELS)
+def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Grey ``uint8 [h, w]`` from encoded bytes: the one decoder of data/images.py (training uses it too).
+
+    ``max_pixels``: refused (ImageError) from the header when the image declares more.
+    """
+    return decode_grey(data, name, min(max_pixels, MAX_PIXELS))
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from an encoded image's header, without decoding its pixels; ``(pixels, 1)``
+    for a header over twice Pillow's own limit (Pillow then gives only the count); None when Pillow does not
+    identify the bytes (OpenEXR, Radiance HDR: OpenCV decodes those, its own limit checks their header) or
+    the header is unreadable (the decoder then says why in one line)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # the caller compares the size with its own limits
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+                return img.size
+    except Image.DecompressionBombError as exc:  # "Image size (200000000 pixels) exceeds limit of ..."
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(found.group(1)), 1) if found else None
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_image raises the one-line ImageError
+        return None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -61,7 +87,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 class FaceDetector:
-    """OpenCV's frontal-face Haar cascade; boxes sorted left to right.
+    """OpenCV's frontal-face Haar cascade; boxes sorted left to right. Safe to share between threads.
+
+    ``detectMultiScale`` is not thread-safe on one cascade object, so each thread that calls ``detect``
+    gets its own (loaded in ~20 ms, a few MB): a request's detection never waits for another's, where one
+    shared lock let a 40-second request hold up every other (issue 21).
 
     ``min_size`` 48: a smaller face has less detail than the model's 48x48 input (and searching the small
     scales is most of the detector's time). ``border``: the image is extended by this fraction of its
@@ -71,19 +101,27 @@ class FaceDetector:
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 48,
                  border: float = 0.15):
-        cv2 = _cv2()
-        self.cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, CASCADE))
-        if self.cascade.empty():
-            raise ImportError(f"the OpenCV wheel has no {CASCADE}: install opencv-python-headless<5")
+        self._local = threading.local()
+        self._cascade()  # fails here, at load, when the wheel has no cascade
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
         self.min_size, self.border = min_size, border
+
+    def _cascade(self):
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cv2 = _cv2()
+            cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, CASCADE))
+            if cascade.empty():
+                raise ImportError(f"the OpenCV wheel has no {CASCADE}: install opencv-python-headless<5")
+            self._local.cascade = cascade
+        return cascade
 
     def detect(self, grey: np.ndarray) -> list[Box]:
         """Face boxes in a grey image (possibly none), in the image's coordinates."""
         cv2 = _cv2()
         pad = int(self.border * min(grey.shape[:2]))
         padded = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else grey
-        found = self.cascade.detectMultiScale(padded, scaleFactor=self.scale_factor,
+        found = self._cascade().detectMultiScale(padded, scaleFactor=self.scale_factor,
                                               minNeighbors=self.min_neighbors, minSize=(self.min_size, self.min_size))
         return sorted((Box(int(x) - pad, int(y) - pad, int(w), int(h)) for x, y, w, h in found),
                       key=lambda b: (b.x, b.y))

@@ -4,19 +4,30 @@ A model that breaks it used to fail late and quietly: an 8-class FER+ model made
 accuracy 0 and exit 0, and ``predict`` crash in ``zip()``. Model files are also sniffed by their first
 bytes before Keras reads them, because Keras 3 names every foreign file "File not found" or
 "Could not deserialize class 'Functional'": an HDF5 file renamed ``.keras`` and a file saved by Keras 2
-get a line that says what they are and what to do instead.
+get a line that says what they are and what to do instead. A file Keras cannot load keeps the real cause in
+its one line (a custom class Keras could not locate is named, with how to register it).
+
+Outputs are checked on a probe batch at load: rows must be non-negative and sum to 1. A model whose last
+layer gives logits (rows summing to -1008 were served as "probabilities") gets a softmax added, said in
+one warning line; outputs in 0..1 that do not sum to 1 (a sigmoid, multi-label head) or NaN are refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fer_ablate.data import CLASS_NAMES, IMAGE_SIZE, DataError
+
+log = logging.getLogger(__name__)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -116,10 +127,29 @@ def load_model_file(path: str | Path, loader: Callable[[str], Any]) -> Any:
     except (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError) as exc:
         if _keras2(found):
             raise ModelError(_keras2_message(found)) from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: Keras could not load this {found.kind} file: {first[:300]}") from exc
-    check_model(model, str(path))
-    return model
+        raise ModelError(f"{path}: Keras could not load this {found.kind} file: {load_error_cause(exc)}") from exc
+    return check_model(model, str(path))
+
+
+def load_error_cause(exc: BaseException) -> str:
+    """The real cause of a Keras load error, in one line: Keras 3 wraps it ("<class Functional> could not be
+    deserialized properly ... Exception encountered: Could not locate class 'Scale' ..."), its first line
+    names only the wrapper. A class Keras could not locate is named with how to make it known."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:  # the exception, then what it was raised from
+        seen.add(id(exc))
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = "\n".join(chain)
+    missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+    if missing:
+        registered = re.search(r"'registered_name': '([^']+)'", text[missing.end():])
+        alias = f" (registered as '{registered.group(1)}')" if registered else ""
+        return (f"the custom {missing.group(1)} '{missing.group(2)}'{alias} is unknown here: import the module that "
+                "defines it (decorated with @keras.saving.register_keras_serializable()) before loading the model")
+    inner = text.rsplit("Exception encountered:", 1)[-1].strip()
+    first = inner.splitlines()[0].strip() if inner else type(exc).__name__
+    return first[:300]
 
 
 def is_model_file(uri: str) -> bool:
@@ -145,7 +175,8 @@ def _fmt(shape: tuple) -> str:
 
 
 def check_model(model: Any, source: str) -> Any:
-    """Return ``model`` when it maps ``[n, 48, 48, 1]`` to ``[n, 7]``; ModelError naming ``source`` otherwise.
+    """Return ``model`` when it maps ``[n, 48, 48, 1]`` to ``[n, 7]`` probabilities (a model giving logits:
+    with a softmax added, see ``check_outputs``); ModelError naming ``source`` otherwise.
 
     Spatial sizes left open (``None``) are accepted: such a model takes 48x48 too.
     """
@@ -161,7 +192,7 @@ def check_model(model: Any, source: str) -> Any:
     fits_in = len(given) == 4 and all(d is None or d == w for d, w in zip(given[1:], want_in, strict=True))
     fits_out = len(gives) == 2 and gives[1] == len(CLASS_NAMES)
     if fits_in and fits_out:
-        return model
+        return check_outputs(model, source)
     hints = []
     if len(given) == 4 and given[3] == 3:
         hints.append("an RGB model")
@@ -174,3 +205,44 @@ def check_model(model: Any, source: str) -> Any:
     detail = f" ({'; '.join(hints)})" if hints else ""
     raise ModelError(f"{source}: the model takes {_fmt(given)} and gives {_fmt(gives)}{detail}; "
                      f"fer-ablate needs {EXPECTED}")
+
+
+PROBE_TOLERANCE = 1e-2  # a bf16 softmax sums to 1 within ~4e-3; logits that happen to within 1% do not occur
+
+
+def probe_batch() -> np.ndarray:
+    """``float32 [8, 48, 48, 1]`` raw 0-255 images: black, white, mid-grey, a gradient and 4 of noise (seeded)."""
+    rng = np.random.default_rng(0)
+    flat = [np.full((IMAGE_SIZE, IMAGE_SIZE), v, np.float32) for v in (0, 255, 128)]
+    ramp = np.tile(np.linspace(0, 255, IMAGE_SIZE, dtype=np.float32), (IMAGE_SIZE, 1))
+    noise = list(rng.integers(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32))
+    return np.stack([*flat, ramp, *noise])[..., None]
+
+
+def check_outputs(model: Any, source: str) -> Any:
+    """``model`` if its outputs on ``probe_batch()`` are probabilities (non-negative, rows summing to 1
+    within ``PROBE_TOLERANCE``); a model giving logits gets a softmax layer added, said in one warning.
+
+    Raises ModelError naming ``source`` for NaN or infinite outputs, or outputs in 0..1 that do not sum to
+    1 (a sigmoid head: each class scored on its own, no distribution to take a label from).
+    """
+    out = np.asarray(model(probe_batch(), training=False), dtype=np.float64)
+    sums = out.sum(axis=1)
+    if not np.isfinite(out).all():
+        raise ModelError(f"{source}: the model gives NaN or infinite outputs on a probe batch of 8 images; "
+                         f"fer-ablate needs {EXPECTED}")
+    if out.min() >= -PROBE_TOLERANCE and np.abs(sums - 1).max() <= PROBE_TOLERANCE:
+        return model
+    seen = f"rows of a probe batch sum to {sums.min():.4g}..{sums.max():.4g}, outputs {out.min():.4g}..{out.max():.4g}"
+    if out.min() >= 0 and out.max() <= 1:
+        raise ModelError(f"{source}: the model's outputs are not probabilities ({seen}: a sigmoid head?); "
+                         f"fer-ablate needs {EXPECTED}")
+    log.warning("%s: the model gives logits, not probabilities (%s): a softmax is applied to its outputs", source, seen)
+    return _with_softmax(model)
+
+
+def _with_softmax(model: Any) -> Any:
+    import keras
+
+    probabilities = keras.layers.Softmax(dtype="float32", name="fer_ablate_softmax")(model.outputs[0])
+    return keras.Model(model.inputs[0], probabilities, name=f"{model.name}_softmax")  # one input: the contract

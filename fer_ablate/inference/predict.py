@@ -28,8 +28,8 @@ import numpy as np
 
 from fer_ablate.data import CLASS_NAMES
 from fer_ablate.data.images import IMAGE_SUFFIXES
+from fer_ablate.inference.classifier import FaceClassifier, FacePrediction
 from fer_ablate.inference.faces import ImageError, read_image
-from fer_ablate.inference.pyfunc_model import FaceClassifier, FacePrediction
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
@@ -148,24 +148,47 @@ def _predict_image(classifier: FaceClassifier, path: Path, crops: bool, out_dir:
         yield _record(path, face, i, output)
 
 
+FPS_RANGE = (0.0, 240.0)  # a header fps outside (0, 240] is no real camera's: reported, not trusted
+FALLBACK_FPS = 25.0  # when a video has neither usable timestamps nor a sane header fps
+
+
 def video_frames(path: Path, every: int) -> Iterator[tuple[int, float, np.ndarray]]:
-    """``(frame index, seconds, BGR frame)`` for one frame in ``every``; ImageError if unreadable."""
+    """``(frame index, seconds, BGR frame)`` for one frame in ``every``; ImageError if unreadable.
+
+    Seconds come from the container's timestamp of each frame (``CAP_PROP_POS_MSEC`` after the grab):
+    a browser-recorded WebM's header may claim 1000 fps (its time base) while its frames are 33 ms apart.
+    Only a video without timestamps (each frame's not later than the one before) is timed by its index
+    and the header fps. A header fps outside ``FPS_RANGE`` is reported in a warning, and not used.
+    """
     import cv2
 
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ImageError(f"{path}: not a readable video")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    index = 0
+    header_fps = capture.get(cv2.CAP_PROP_FPS)
+    sane = FPS_RANGE[0] < header_fps <= FPS_RANGE[1]
+    fps = header_fps if sane else FALLBACK_FPS
+    if not sane:
+        log.warning("%s: the header says %g fps, outside the sane range (%g, %g]: frame times come from the "
+                    "container's timestamps (or %g fps where it has none)", path, header_fps, *FPS_RANGE, fps)
+    index, timed, base = 0, True, (0, 0.0)  # base: the last timestamped frame (index, seconds)
     try:
         while True:
             ok = capture.grab()
             if not ok:
                 break
+            stamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if timed and not (stamp > base[1] or (index == 0 and stamp >= 0)):
+                timed = False  # a repeated or missing timestamp: this container has none to trust
+                log.warning("%s: frame %d has no usable timestamp: later frames are timed at %g fps from frame "
+                            "%d", path, index, fps, base[0])
+            if timed:
+                base = (index, stamp)
+            seconds = stamp if timed else base[1] + (index - base[0]) / fps
             if index % every == 0:
                 ok, frame = capture.retrieve()
                 if ok:
-                    yield index, index / fps, frame
+                    yield index, seconds, frame
             index += 1
     finally:
         capture.release()

@@ -129,5 +129,5 @@ def load_classifier(model_uri: str = DEFAULT_MODEL_URI, tta: bool = False, equal
     photo = model_registry.load_python_model(model_uri)
     if not isinstance(photo, PhotoModel):
         raise tracking.TrackingError(f"{model_uri} is not a fer-ablate model ({type(photo).__name__})")
-    check_model(photo.classifier.model, model_uri)
-    return FaceClassifier(photo.classifier.model, tta, equalize, photo.classifier.detector, photo.classifier.notices)
+    model = check_model(photo.classifier.model, model_uri)
+    return FaceClassifier(model, tta, equalize, photo.classifier.detector, photo.classifier.notices)

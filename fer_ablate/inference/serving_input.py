@@ -5,11 +5,10 @@ Accepted: plain base64, base64 wrapped at 76 columns (MIME, ``base64`` on Linux)
 ``data:image/...;base64,`` prefix (browsers' ``FileReader.readAsDataURL``), and the URL-safe alphabet
 with or without ``=`` padding (JWT-style encoders, Python's ``urlsafe_b64encode``).
 
-Limits: MLflow's scoring server (uvicorn, MLflow 3.x) has no request-body limit of its own, so the model
-refuses, before decoding anything, an image whose base64 holds more than ``FER_ABLATE_MAX_IMAGE_BYTES``
-bytes (default 20 MB: a 40 M pixel JPEG from a phone is 10-15 MB) and a request whose images hold more
-than ``FER_ABLATE_MAX_REQUEST_BYTES`` in all (default 100 MB). To stop a large body before it is even
-read, put a proxy in front of the server (nginx ``client_max_body_size``).
+Limits: an image whose base64 holds more than ``FER_ABLATE_MAX_IMAGE_BYTES`` bytes (default 20 MB) is
+refused from the text's length, before decoding; the other limits of a request are in ``serving_limits``.
+To stop a large body before it is even read, put a proxy in front of the server (nginx
+``client_max_body_size``): MLflow's server reads and parses any body it is sent.
 
 Request files: a photo's base64 does not fit on a command line (``curl -d "...$(base64 photo.jpg)..."``
 fails with "Argument list too long" past ~96 kB of photo: Linux caps one argument at 128 kB), so
@@ -30,52 +29,40 @@ from pathlib import Path
 from typing import Any
 
 from fer_ablate.inference.faces import ImageError
+from fer_ablate.inference.serving_limits import ServingLimits
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = 20_000_000  # default per image (decoded bytes); env FER_ABLATE_MAX_IMAGE_BYTES
-MAX_REQUEST_BYTES = 100_000_000  # default per request, all images together; env FER_ABLATE_MAX_REQUEST_BYTES
+MAX_IMAGE_BYTES = ServingLimits.max_image_bytes  # the defaults (request_body warns against them)
+MAX_REQUEST_BYTES = ServingLimits.max_request_bytes
 _DATA_URL = re.compile(r"^data:([^,;]*)((?:;[^,;]*)*),", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
 
 
-def _limit(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ImageError(f"{name}={raw!r} is not a whole number of bytes") from None
-
-
-def max_image_bytes() -> int:
-    """The per-image limit in bytes: ``$FER_ABLATE_MAX_IMAGE_BYTES`` or ``MAX_IMAGE_BYTES``."""
-    return _limit("FER_ABLATE_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES)
-
-
-def max_request_bytes() -> int:
-    """The per-request limit in bytes: ``$FER_ABLATE_MAX_REQUEST_BYTES`` or ``MAX_REQUEST_BYTES``."""
-    return _limit("FER_ABLATE_MAX_REQUEST_BYTES", MAX_REQUEST_BYTES)
-
-
-def _mb(n: int) -> str:
+def mb(n: int) -> str:
+    """``n`` bytes for a message: "1.5 MB", "2.0 kB", "12 bytes"."""
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
-def decode_base64_image(text: str, name: str) -> bytes:
+def decode_base64_image(text: str, name: str, limit: int | None = None) -> bytes:
     """The bytes of a base64 image in any of the accepted spellings (module docstring).
 
     Raises ImageError naming ``name`` for a data URL that is not base64, text that is not base64, or an
-    image over the size limit (checked on the text's length, before decoding).
+    image over ``limit`` bytes (default: ``FER_ABLATE_MAX_IMAGE_BYTES``; checked on the text's length,
+    before decoding).
     """
     found = _DATA_URL.match(text[:200])
     if found:
         if ";base64" not in found.group(2).lower():
             raise ImageError(f"{name}: a data URL without ';base64' ({text[:found.end()][:60]}); send base64")
         text = text[found.end():]
+    limit = ServingLimits.from_env().max_image_bytes if limit is None else limit
+    if len(text) * 3 // 4 > 2 * limit:  # far over even with whitespace: refused before copying the text
+        raise ImageError(f"{name}: image of about {mb(len(text) * 3 // 4)} is over the {mb(limit)} limit "
+                         "(FER_ABLATE_MAX_IMAGE_BYTES)")
     compact = _SPACE.sub("", text)
-    limit = max_image_bytes()
     if len(compact) * 3 // 4 > limit:
-        raise ImageError(f"{name}: image of about {_mb(len(compact) * 3 // 4)} is over the {_mb(limit)} limit "
+        raise ImageError(f"{name}: image of about {mb(len(compact) * 3 // 4)} is over the {mb(limit)} limit "
                          "(FER_ABLATE_MAX_IMAGE_BYTES)")
     if "-" in compact or "_" in compact:
         compact = compact.translate(str.maketrans("-_", "+/"))
@@ -86,15 +73,6 @@ def decode_base64_image(text: str, name: str) -> bytes:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(f"{name}: 'image' is not base64") from None
-
-
-def check_request_size(images: list[object]) -> None:
-    """Refuse a request whose base64 images hold more than the request limit in all (ImageError)."""
-    total = sum(len(x) * 3 // 4 for x in images if isinstance(x, str))
-    limit = max_request_bytes()
-    if total > limit:
-        raise ImageError(f"request: {len(images)} rows with about {_mb(total)} of images is over the {_mb(limit)} "
-                         "limit (FER_ABLATE_MAX_REQUEST_BYTES): send fewer or smaller images per request")
 
 
 def request_body(paths: Sequence[str | os.PathLike], tta: bool = False, crops: bool = False) -> dict[str, Any]:
@@ -116,12 +94,12 @@ def request_body(paths: Sequence[str | os.PathLike], tta: bool = False, crops: b
             raise ImageError(f"{path}: empty file")
         if len(data) > MAX_IMAGE_BYTES:
             log.warning("%s: %s is over the server's default %s per image (FER_ABLATE_MAX_IMAGE_BYTES)", path,
-                        _mb(len(data)), _mb(MAX_IMAGE_BYTES))
+                        mb(len(data)), mb(MAX_IMAGE_BYTES))
         rows.append({"image": base64.b64encode(data).decode("ascii")})
     total = sum(len(row["image"]) * 3 // 4 for row in rows)
     if total > MAX_REQUEST_BYTES:
         log.warning("%d photos hold %s, over the server's default %s per request (FER_ABLATE_MAX_REQUEST_BYTES)",
-                    len(rows), _mb(total), _mb(MAX_REQUEST_BYTES))
+                    len(rows), mb(total), mb(MAX_REQUEST_BYTES))
     return {"dataframe_records": rows, "params": {"tta": tta, "crops": crops}}
 
 
