@@ -69,6 +69,7 @@ def test_smoke_grid_parent_children_and_report(tmp_path):
     assert {"report/report.md", "report/report.html", "report/accuracy.png"} <= logged
 
 
+@pytest.mark.slow  # issue 21 added tests: the default run stays within 10 minutes; .ci/run runs slow too
 def test_failed_child_is_recorded_and_grid_goes_on(tmp_path):
     # kernel 60 cannot fit a 46x46 map after the first conv: that child crashes, the other runs finish.
     path = Path(_smoke_copy(tmp_path, "smoke_fail"))

@@ -129,6 +129,7 @@ def test_three_fold_run_end_to_end_with_ensemble_and_resume(tmp_path):
     assert client.get_run(third.parent_run_id).data.metrics["folds_finished"] == 3
 
 
+@pytest.mark.slow  # issue 21 added tests: the default run stays within 10 minutes; .ci/run runs slow too
 def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
     text = shrink((PROJECT / "experiments" / "smoke.yaml").read_text()).replace("name: smoke", "name: smoke_kfold_exp")
     path = tmp_path / "smoke_kfold_exp.yaml"
@@ -151,6 +152,7 @@ def test_experiment_kfold_compares_variants_on_the_same_folds(tmp_path):
     assert {"report/report.md", "report/report.html", "report/kfold_accuracy.png"} <= logged
 
 
+@pytest.mark.slow  # issue 21 added tests: the default run stays within 10 minutes; .ci/run runs slow too
 def test_tuning_objective_as_mean_over_folds(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     space = tmp_path / "smoke_kfold.yaml"

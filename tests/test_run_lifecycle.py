@@ -233,6 +233,7 @@ def test_ablate_and_kfold_refuse_a_typo_before_any_run(tmp_path, capsys):
     assert not _search("tags.fer_ablate_name = 'refused_grid'")
 
 
+@pytest.mark.slow  # issue 21 added tests: the default run stays within 10 minutes; .ci/run runs slow too
 def test_a_study_of_failing_trials_stops_and_fails(tmp_path, capsys):
     # A kernel larger than the feature map: every trial's training raises.
     space = _space_file(tmp_path, "always_failing")
@@ -249,6 +250,7 @@ def test_a_study_of_failing_trials_stops_and_fails(tmp_path, capsys):
     assert "in a row failed" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # issue 21 added tests: the default run stays within 10 minutes; .ci/run runs slow too
 def test_resume_after_the_data_source_changed_runs_everything_again(tmp_path, monkeypatch, fer_csv):
     text = Path(_experiment_file(tmp_path, "data_change")).read_text().replace("data: synthetic", "data: auto")
     path = tmp_path / "data_change.yaml"

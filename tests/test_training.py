@@ -7,6 +7,7 @@ from conftest import tiny_overrides
 
 from fer_ablate.config.settings import ConfigError, resolve_config
 from fer_ablate.data import load_dataset
+from fer_ablate.training.batches import EpochBatches
 from fer_ablate.training.loop import build_models, train
 
 
@@ -102,7 +103,7 @@ class SpreadAnswers(keras.callbacks.Callback):
 @pytest.mark.parametrize("class_weights, smoothing", [(True, 0.1), (False, 0.2)])
 def test_class_weights_and_label_smoothing_shape_the_training_loss(tiny_data, class_weights, smoothing):
     """With the model frozen, epoch 1's training loss is a known function of the data: Keras' per-batch mean of
-    weight x cross-entropy against smoothed targets, averaged over the epoch by batch size."""
+    weight x cross-entropy against smoothed targets, averaged over the epoch's (full) batches."""
     cfg = resolve_config("dropout0", tiny_overrides(**FROZEN, **{
         "model.l2_first_conv": 0.0, "model.dense_dropout": [0.0, 0.0, 0.0],  # the loss is cross-entropy alone
         "train.class_weights": class_weights, "train.label_smoothing": smoothing}))
@@ -111,12 +112,16 @@ def test_class_weights_and_label_smoothing_shape_the_training_loss(tiny_data, cl
     probs = np.asarray(result.model.predict(x.astype(np.float32)[..., None], verbose=0), dtype=np.float64)
     assert probs.std(axis=0).min() > 0.02  # set-up: the answers depend on the face
 
+    # Epoch 1 trains on the full batches of its (seed, epoch) order: the images it saw.
+    batches = EpochBatches(x, y, cfg["train"]["batch_size"], cfg["train"]["seed"], 7)
+    seen = batches.order[:batches.images_per_epoch]
+
     def expected_loss(weighted: bool, eps: float) -> float:
         targets = np.eye(7)[y] * (1 - eps) + eps / 7
         cross_entropy = -(targets * np.log(np.clip(probs, 1e-7, 1))).sum(axis=1)
         counts = np.bincount(y, minlength=7)
         weights = len(y) / (7 * counts[y]) if weighted else np.ones(len(y))  # inverse class frequency
-        return float((weights * cross_entropy).mean())
+        return float((weights * cross_entropy)[seen].mean())
 
     loss = result.history["train_loss"][0]
     assert loss == pytest.approx(expected_loss(class_weights, smoothing), rel=1e-4)
