@@ -175,3 +175,19 @@ def served_model(model_uri: str, env: dict[str, str] | None = None, timeout: flo
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def worker_pids(launcher: int) -> list[int]:
+    """The job runner's worker processes of ``launcher`` (spawned: ``spawn_main``, not the resource tracker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids

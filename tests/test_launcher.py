@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, shrink
+from conftest import PROJECT, shrink, worker_pids
 from mlflow.tracking import MlflowClient
 
 from fer_ablate import tracking
@@ -57,20 +57,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _workers(launcher: int) -> list[int]:
-    """The job runner's worker processes of ``launcher`` (spawned: ``spawn_main``, not the resource tracker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == launcher and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def _wait(condition, what: str, timeout: float = 300) -> None:
     """Poll ``condition`` (a guard against a hang, not a timing assertion)."""
     deadline = time.monotonic() + timeout
@@ -90,7 +76,7 @@ def test_workers_die_with_a_sigkilled_launcher(tmp_path):
         _wait(lambda: all((tmp_path / f"job{i}").exists() for i in range(2)) or launcher.poll() is not None,
               "the jobs did not start")
         assert launcher.poll() is None, log.read_text()[-3000:]
-        workers = _workers(launcher.pid)
+        workers = worker_pids(launcher.pid)
         assert len(workers) == 2, workers
         launcher.send_signal(signal.SIGKILL)
         assert launcher.wait(timeout=60) == -signal.SIGKILL
@@ -98,7 +84,7 @@ def test_workers_die_with_a_sigkilled_launcher(tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
-        for pid in _workers(launcher.pid):
+        for pid in worker_pids(launcher.pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -190,7 +176,7 @@ def test_a_sigkilled_launcher_leaves_no_worker_and_a_resume_ends_every_run(tmp_p
         _wait(lambda: sum(c.info.status == "RUNNING" for c in _children(name)) == 2 or launcher.poll() is not None,
               "the runs did not start", timeout=600)
         assert launcher.poll() is None, log.read_text()[-3000:]
-        workers = _workers(launcher.pid)
+        workers = worker_pids(launcher.pid)
         assert len(workers) == 2, workers
         launcher.send_signal(signal.SIGKILL)
         assert launcher.wait(timeout=60) == -signal.SIGKILL
@@ -200,7 +186,7 @@ def test_a_sigkilled_launcher_leaves_no_worker_and_a_resume_ends_every_run(tmp_p
     finally:
         if launcher.poll() is None:
             launcher.kill()
-        for pid in _workers(launcher.pid):
+        for pid in worker_pids(launcher.pid):
             os.kill(pid, signal.SIGKILL)
     assert (outcome.failed, outcome.skipped + outcome.finished) == (0, 2)
     children = _children(name)

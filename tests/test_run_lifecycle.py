@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import PROJECT, TINY, shrink
+from conftest import PROJECT, TINY, shrink, worker_pids
 from mlflow.tracking import MlflowClient
 
 from fer_ablate import tracking
@@ -168,22 +168,6 @@ def test_signal_ends_every_run_and_a_rerun_resumes_only_what_is_missing(tmp_path
     assert not [c for c in case.children() if c.info.status == "RUNNING"]
 
 
-def _worker_pids(launcher: int) -> list[int]:
-    """The job runner's worker processes of ``launcher`` (spawned: ``spawn_main``, not the resource tracker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == launcher and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 @pytest.mark.slow  # issue 20: the default run stays within 10 minutes; .ci/run runs the slow tests too
 def test_a_worker_killed_mid_grid_loses_only_its_own_run(tmp_path):
     path = _experiment_file(tmp_path, "worker_sigkill", seeds="[1, 2]")  # 4 runs, 2 workers
@@ -194,7 +178,7 @@ def test_a_worker_killed_mid_grid_loses_only_its_own_run(tmp_path):
 
     # Both workers training: whichever is killed, it holds a RUNNING run.
     running = _wait_for_running_child(children, proc, err, at_least=2)
-    pids = _worker_pids(proc.pid)
+    pids = worker_pids(proc.pid)
     assert len(pids) == 2, pids
     os.kill(pids[0], signal.SIGKILL)
     assert proc.wait(timeout=600) == 1, err.read_text()[-3000:]  # one job failed: the grid fails
