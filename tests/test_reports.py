@@ -7,14 +7,17 @@ No training: each test writes the parent and child runs a grid or a k-fold run w
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from fer_ablate import tracking
 from fer_ablate.data import CLASS_NAMES
-from fer_ablate.reports.grid_report import collect, recall_title, write_report
+from fer_ablate.reports.grid_report import collect, effect_table, recall_title, write_report
 from fer_ablate.reports.kfold_report import write_kfold_report
+from fer_ablate.reports.stats import paired_effect
 
 
 @pytest.fixture
@@ -162,8 +165,9 @@ def test_recall_title_comes_from_the_numbers(mlflow_experiment, tmp_path):
     assert "where FER models fail" not in markdown
 
 
-def _kfold_variant(client, experiment_id, label, fold_scores, fold_tags, group=None, test_split="test"):
-    """A k-fold parent with one finished child per fold (what ``kfold`` leaves), and its ``fold_runs.json``."""
+def _kfold_variant(client, experiment_id, label, fold_scores, fold_tags, group=None, test_split="test", fold_of=None):
+    """A k-fold parent with one finished child per fold (what ``kfold`` leaves), and its ``fold_runs.json``
+    (and ``folds.json`` with ``fold_of``, the fold id of each pool image)."""
     k = len(fold_scores)
     parent = _run(client, experiment_id, label, {
         "fer_ablate_kind": "kfold", "fer_ablate_name": label, "kfold_k": str(k), "kfold_folds": "f00",
@@ -175,6 +179,8 @@ def _kfold_variant(client, experiment_id, label, fold_scores, fold_tags, group=N
                           {"val_accuracy": v, "epochs_run": 1}, parent)
              for f, (v, tags) in enumerate(zip(fold_scores, fold_tags, strict=True))}
     client.log_text(parent, json.dumps(folds), "fold_runs.json")
+    if fold_of is not None:
+        client.log_text(parent, json.dumps({"k": k, "fold_of": fold_of}), "folds.json")
     return parent
 
 
@@ -197,3 +203,71 @@ def test_kfold_report_names_degenerate_folds_and_bounds_its_intervals(mlflow_exp
     assert "| n = 2: too few for an interval |" in row and "-33" not in row
     assert "- kernel5 vs paper: -2.5 points from 2 pairs (n = 2: too few for an interval or a test)" in lines
     assert "Test = the held-out split (test) that no fold trains on." in "\n".join(lines)
+
+
+def _row(lines, variant, against):
+    return [c.strip() for c in next(line for line in lines if line.startswith(f"| {variant} | {against} |"))
+            .split("|")[1:-1]]
+
+
+def test_kfold_report_uses_the_corrected_resampled_t_test_and_holm(mlflow_experiment, tmp_path):
+    """Three variants, three folds of 100, 101 and 99 images: the pairs are tested with Nadeau & Bengio's
+    corrected t (n_test / n_train from folds.json: 300 / 600), Holm-adjusted over the 3 pairs."""
+    client = MlflowClient()
+    group = _run(client, mlflow_experiment, "nb", {"fer_ablate_kind": "kfold-group", "fer_ablate_name": "nb"})
+    fold_of = [0] * 100 + [1] * 101 + [2] * 99
+    scores = {"paper": [0.60, 0.62, 0.61], "kernel5": [0.63, 0.64, 0.66], "layers10": [0.61, 0.60, 0.63]}
+    tags = [{"data_source": "fer2013", "degenerate": "false"}] * 3
+    for label, values in scores.items():
+        _kfold_variant(client, mlflow_experiment, label, values, tags, group, fold_of=fold_of)
+    lines = (write_kfold_report("nb", out_dir=tmp_path) / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| variant | against | folds |"))
+    assert "corrected t p (Nadeau-Bengio)" in header and "Holm p" in header and "paired t p (uncorrected)" in header
+
+    def corrected_p(x, y):  # by hand: variance (1/3 + 300/600) s^2, 2 degrees of freedom
+        d = [u - v for u, v in zip(scores[x], scores[y], strict=True)]
+        t = (sum(d) / 3) / math.sqrt((1 / 3 + 0.5) * stats.tvar(d))
+        return 2 * stats.t.sf(abs(t), 2)
+
+    pairs = [("kernel5", "paper"), ("layers10", "paper"), ("layers10", "kernel5")]
+    raw = {pair: corrected_p(*pair) for pair in pairs}
+    ranked = sorted(pairs, key=raw.get)  # Holm by hand: 3x, 2x, 1x the sorted p, made non-decreasing
+    holm, running = {}, 0.0
+    for i, pair in enumerate(ranked):
+        running = max(running, min(1.0, (3 - i) * raw[pair]))
+        holm[pair] = running
+    for pair in pairs:
+        row = _row(lines, *pair)
+        assert row[5] == f"{raw[pair]:.3g}" and row[6] == f"{holm[pair]:.3g}"
+        assert row[7] == f"{stats.ttest_rel(scores[pair[0]], scores[pair[1]]).pvalue:.3g}"  # secondary column
+        assert row[-1] == "0.500 (folds.json)"
+    sentence = next(line for line in lines if line.startswith("- kernel5 vs paper: +3.3 points"))
+    assert (f"corrected resampled t-test p = {raw[pairs[0]]:.3g}, Holm-adjusted p = {holm[pairs[0]]:.3g} over 3 folds"
+            in sentence)
+    assert any("Nadeau & Bengio 2003" in line for line in lines)
+
+
+def test_kfold_report_of_one_pair_has_no_holm_column_and_assumes_equal_folds(mlflow_experiment, tmp_path):
+    client = MlflowClient()
+    group = _run(client, mlflow_experiment, "one", {"fer_ablate_kind": "kfold-group", "fer_ablate_name": "one"})
+    tags = [{"data_source": "fer2013"}] * 4
+    _kfold_variant(client, mlflow_experiment, "paper", [0.60, 0.62, 0.61, 0.59], tags, group)
+    _kfold_variant(client, mlflow_experiment, "kernel5", [0.63, 0.64, 0.62, 0.61], tags, group)
+    lines = (write_kfold_report("one", out_dir=tmp_path) / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| variant | against | folds |"))
+    assert "Holm" not in header and "Holm" not in "\n".join(lines)
+    assert _row(lines, "kernel5", "paper")[-1] == "0.333 (assumed 1/(k-1))"  # no folds.json: 4 equal folds
+
+
+def test_grid_effect_table_adds_holm_only_for_several_effects():
+    two = [("kernel5", "paper", paired_effect([0.62, 0.64, 0.63], [0.60, 0.61, 0.615])),
+           ("layers10", "paper", paired_effect([0.61, 0.60, 0.63], [0.60, 0.61, 0.615]))]
+    columns, rows, sentences = effect_table(two)
+    assert columns[5:7] == ["paired t p", "Holm p"]
+    p = [e.t_pvalue for _, _, e in two]
+    holm = [min(1.0, 2 * min(p)), min(1.0, max(2 * min(p), max(p)))]  # Holm by hand for two tests
+    holm = holm if p[0] <= p[1] else holm[::-1]
+    assert [row[6] for row in rows] == [f"{h:.3g}" for h in holm]
+    assert f"Holm-adjusted p = {holm[0]:.3g} over 3 seeds" in sentences[0]
+    columns, rows, sentences = effect_table(two[:1])
+    assert "Holm p" not in columns and len(rows[0]) == len(columns) and "Holm" not in sentences[0]

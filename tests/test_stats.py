@@ -1,4 +1,5 @@
-"""Statistics against scipy (and hand-computed values) on known inputs; intervals stay inside their bounds."""
+"""Statistics against scipy, hand-computed values and textbook examples on known inputs; intervals stay inside
+their bounds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from fer_ablate.reports.stats import MIN_N, mean_ci, paired_effect
+from fer_ablate.reports.stats import (
+    MIN_N,
+    adjust_pvalues,
+    corrected_resampled_ttest,
+    mcnemar_exact,
+    mean_ci,
+    paired_bootstrap_diff,
+    paired_effect,
+)
 
 # Five folds of two variants: b is better on four of five folds.
 A = [0.612, 0.598, 0.630, 0.605, 0.621]
@@ -123,3 +132,115 @@ def test_intervals_stay_inside_their_bounds_where_the_plain_t_interval_does_not(
         ci, effect = mean_ci(list(a)), paired_effect(a, b)
         assert 0 < ci.low <= ci.mean <= ci.high < 1
         assert -1 < effect.ci_low <= effect.mean_diff <= effect.ci_high < 1
+
+
+def test_corrected_resampled_ttest_is_nadeau_bengio_by_hand():
+    """Nadeau & Bengio (2003): t = mean(d) / sqrt((1/k + n_test/n_train) * s^2), k - 1 degrees of freedom."""
+    # FER2013's 28,709 training images in 5 folds: 5,742 scored, 22,967 trained on (ratio 0.25001).
+    c = corrected_resampled_ttest(B, A, n_train=22_967, n_test=5_742)
+    # By hand, in points: differences 1.3, 1.3, -0.1, 1.5, 1.9; mean 1.18; squared deviations 0.0144, 0.0144,
+    # 1.6384, 0.1024, 0.5184 sum to 2.288, so s^2 = 2.288 / 4 = 0.572 points^2.
+    ratio = 5_742 / 22_967
+    se = math.sqrt((1 / 5 + ratio) * 0.572e-4)
+    t = 0.0118 / se
+    assert (c.n, c.test_train_ratio, c.note) == (5, pytest.approx(ratio), "")
+    assert c.mean_diff == pytest.approx(0.0118)
+    assert c.t == pytest.approx(t) and c.t == pytest.approx(2.3258, abs=1e-4)
+    assert c.pvalue == pytest.approx(2 * stats.t.sf(t, 4)) and c.pvalue == pytest.approx(0.0806, abs=5e-4)
+    # The plain paired t-test (variance s^2 / 5) calls the same folds significant: p = 0.025.
+    assert stats.ttest_rel(B, A).pvalue < 0.05 < c.pvalue
+    # CI: d -/+ t_4 * se, on the Fisher z scale (inside (-1, 1)); for +1.2 points within 0.01 point of plain.
+    half = stats.t.ppf(0.975, 4) * se
+    assert (c.ci_low, c.ci_high) == pytest.approx((0.0118 - half, 0.0118 + half), abs=1e-4)
+    z_half = half / (1 - 0.0118**2)
+    assert (c.ci_low, c.ci_high) == pytest.approx((math.tanh(math.atanh(0.0118) - z_half),
+                                                   math.tanh(math.atanh(0.0118) + z_half)))
+    assert c.ci_low < 0 < c.ci_high
+    assert c.sentence("kernel5", "kernel3", adjusted=0.16) == ("kernel5 vs kernel3: +1.2 points, 95% CI [-0.2, +2.6], "
+                                                               "corrected resampled t-test p = 0.0806, "
+                                                               "Holm-adjusted p = 0.16 over 5 folds")
+    # Unequal folds: the ratio of the mean fold, sum(n_test) / sum(n_train).
+    uneven = corrected_resampled_ttest(B, A, n_train=[80, 80, 81, 79, 80], n_test=[20, 20, 19, 21, 20])
+    assert uneven.test_train_ratio == pytest.approx(100 / 400)
+
+
+def test_corrected_resampled_ttest_degenerate_and_bad_input():
+    two = corrected_resampled_ttest([0.3, 0.7], [0.25, 0.8], 4, 1)
+    assert two.degenerate and math.isnan(two.pvalue) and two.note == "n = 2: too few for an interval or a test"
+    assert two.sentence("kernel5", "paper") == ("kernel5 vs paper: -2.5 points from 2 pairs (n = 2: too few for an "
+                                                "interval or a test)")
+    same = corrected_resampled_ttest([0.5, 0.6, 0.7], [0.4972, 0.5972, 0.6972], 2, 1)
+    assert same.note == "no spread (all 3 differences equal +0.28 points)" and math.isnan(same.t)
+    with pytest.raises(ValueError, match="equal lengths"):
+        corrected_resampled_ttest([0.5, 0.6, 0.7], [0.5, 0.6], 4, 1)
+    with pytest.raises(ValueError, match="image counts must be positive"):
+        corrected_resampled_ttest(B, A, 0, 1)
+
+
+def test_mcnemar_exact_is_the_binomial_sum_over_discordant_images():
+    # 20 images: 7 right for both, 2 only for a, 9 only for b, 2 for neither.
+    a = np.array([1] * 7 + [1] * 2 + [0] * 9 + [0] * 2, bool)
+    b = np.array([1] * 7 + [0] * 2 + [1] * 9 + [0] * 2, bool)
+    r = mcnemar_exact(a, b)
+    # By hand: 11 discordant images, p = 2 * P(Binomial(11, 1/2) <= 2) = 2 * (1 + 11 + 55) / 2^11.
+    assert (r.n, r.only_a, r.only_b) == (20, 2, 9)
+    assert r.pvalue == pytest.approx(2 * 67 / 2048) == pytest.approx(0.0654296875)
+    assert (r.acc_a, r.acc_b) == (pytest.approx(0.45), pytest.approx(0.8))
+    assert mcnemar_exact(b, a).pvalue == pytest.approx(r.pvalue)  # two-sided: symmetric
+    assert mcnemar_exact(a.astype(int).tolist(), b.astype(int).tolist()).pvalue == pytest.approx(r.pvalue)
+    assert mcnemar_exact(a, a).pvalue == 1.0  # no discordant image: no evidence of a difference
+    with pytest.raises(ValueError, match="equal length"):
+        mcnemar_exact(a, b[:-1])
+    with pytest.raises(ValueError, match="booleans or 0/1"):
+        mcnemar_exact([0.7, 0.2], [1, 0])  # probabilities, not correctness
+
+
+def test_holm_and_benjamini_hochberg_match_textbook_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm (1979) by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04, made
+    # non-decreasing (0.04 -> 0.06), in the original order.
+    assert adjust_pvalues(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # Benjamini-Hochberg by hand: p * 4 / rank = 0.02, 0.02, 0.04, 0.04 (non-increasing from the top).
+    assert adjust_pvalues(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert adjust_pvalues(p, "bh") == pytest.approx(stats.false_discovery_control(p, method="bh"))
+    # A pair with no test (NaN) stays NaN and is not counted: a family of 2.
+    adjusted = adjust_pvalues([0.01, math.nan, 0.04])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert adjust_pvalues([0.3, 0.9]) == pytest.approx([0.6, 0.9])  # capped at 1 by the monotone step
+    assert np.isnan(adjust_pvalues([math.nan])).all() and adjust_pvalues([]).size == 0
+    with pytest.raises(ValueError, match="unknown p-value adjustment 'bonferoni'; known: holm, bh"):
+        adjust_pvalues(p, "bonferoni")
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        adjust_pvalues([0.5, 1.5])
+
+
+def _two_models(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of two independent models with true accuracies 70% and 65% (difference +5)."""
+    rng = np.random.default_rng(seed)
+    return rng.random(n) < 0.70, rng.random(n) < 0.65
+
+
+def test_paired_bootstrap_ci_covers_the_true_difference_and_narrows_with_n():
+    a, b = _two_models(2_000, seed=1)
+    r = paired_bootstrap_diff(a, b, n_resamples=4_000, seed=7)
+    assert (r.n, r.n_resamples, r.seed, r.method, r.note) == (2_000, 4_000, 7, "percentile", "")
+    assert r.diff == pytest.approx(a.mean() - b.mean())
+    assert r.ci_low < 0.05 < r.ci_high and r.ci_low < r.diff < r.ci_high
+    # Independent check: the normal approximation of the mean of the per-image differences.
+    d = a.astype(float) - b.astype(float)
+    half = stats.norm.ppf(0.975) * d.std(ddof=1) / math.sqrt(len(d))
+    assert (r.ci_low, r.ci_high) == pytest.approx((d.mean() - half, d.mean() + half), abs=0.004)
+    # Seeded: the same seed gives the same interval; 16x the images gives a ~4x narrower one.
+    assert paired_bootstrap_diff(a, b, n_resamples=4_000, seed=7) == r
+    big = paired_bootstrap_diff(*_two_models(32_000, seed=2), n_resamples=1_000, seed=7)
+    assert big.ci_low < 0.05 < big.ci_high
+    assert 3 < (r.ci_high - r.ci_low) / (big.ci_high - big.ci_low) < 5
+    assert r.sentence().endswith("(paired bootstrap over 2000 images, 4000 resamples, seed 7)")
+
+
+def test_paired_bootstrap_without_discordant_images_and_bad_input():
+    a = np.array([1, 0, 1, 1], bool)
+    r = paired_bootstrap_diff(a, a, n_resamples=100)
+    assert r.diff == 0 and math.isnan(r.ci_low) and "no discordant image" in r.note
+    with pytest.raises(ValueError, match="n_resamples must be at least 1"):
+        paired_bootstrap_diff(a, ~a, n_resamples=0)

@@ -24,7 +24,7 @@ from fer_ablate.paths import reports_dir
 from fer_ablate.reports.caveats import RunNote, caveats
 from fer_ablate.reports.document import Report
 from fer_ablate.reports.plots import epoch_axis, epoch_markers, finish_plot, plot_confusion, plt, save_figure
-from fer_ablate.reports.stats import mean_std, paired_effect
+from fer_ablate.reports.stats import adjust_pvalues, mean_std, p_cell, paired_effect
 
 KIND = tracking.ABLATION
 
@@ -232,8 +232,25 @@ def _confusions(variants: list[VariantRuns], folder: Path) -> list[Path]:
 
 SUMMARY_COLUMNS = ["variant", "changes", "seeds", "val acc %", "test acc %", "val macro-F1 %", "params",
                    "train s", "img/s", "missing or failed"]
-EFFECT_COLUMNS = ["variant", "against", "n", "difference (points)", "95% CI", "paired t p", "Wilcoxon p",
+EFFECT_COLUMNS = ["variant", "against", "n", "difference (points)", "95% CI", "paired t p", "Holm p", "Wilcoxon p",
                   "Cohen's dz"]
+HOLM_COLUMN = EFFECT_COLUMNS.index("Holm p")
+
+
+def effect_table(effect_rows: list[tuple[str, str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Columns, rows and sentences of the paired effects; with more than one effect the paired t p-values
+    are Holm-adjusted over the table (Holm 1979, via ``adjust_pvalues``) in a ``Holm p`` column and the
+    sentences, and with one there is no such column."""
+    several = len(effect_rows) > 1
+    holm = adjust_pvalues([e.t_pvalue for _, _, e in effect_rows], "holm") if several else [None] * len(effect_rows)
+    rows, sentences = [], []
+    for (label, ref, e), adjusted in zip(effect_rows, holm, strict=True):
+        cells = e.cells()  # difference, CI, paired t p, Wilcoxon p, dz
+        extra = [p_cell(adjusted)] if several else []
+        rows.append([label, ref, str(e.n), *cells[:3], *extra, *cells[3:]])
+        sentences.append(e.sentence(label, ref, adjusted=adjusted))
+    columns = EFFECT_COLUMNS if several else EFFECT_COLUMNS[:HOLM_COLUMN] + EFFECT_COLUMNS[HOLM_COLUMN + 1:]
+    return columns, rows, sentences
 
 
 def _number(value: float) -> str:
@@ -262,8 +279,13 @@ def build(name: str, plan: dict, variants: list[VariantRuns], images: list[Path]
         report.paragraph("Runs on different data are never paired; rerun the grid on one data source.")
         report.bullets([f"data digest {d}: {', '.join(runs)}" for d, runs in digests.items()])
     report.heading("Effects on validation accuracy (paired by seed)")
-    report.table(EFFECT_COLUMNS, [[label, ref, str(e.n), *e.cells()] for label, ref, e in effect_rows])
-    report.bullets([e.sentence(label, ref) for label, ref, e in effect_rows] + refused)
+    columns, table_rows, sentences = effect_table(effect_rows)
+    if len(effect_rows) > 1:
+        report.paragraph(f"Holm p: the paired t p-values adjusted over this table's {len(effect_rows)} "
+                         "comparisons (Holm 1979): reading p < 0.05 in this column keeps the chance of any false "
+                         "positive among them at or below 5%.")
+    report.table(columns, table_rows)
+    report.bullets(sentences + refused)
     recalls = [f"{v.label}: {recall_summary(v.recall())}" for v in variants if v.recall()]
     if recalls:
         report.heading("Per-class validation recall (mean over seeds)")

@@ -2,7 +2,9 @@
 
 Built from tracked runs only: a k-fold group run (``kfold --experiment``) and its variant parents, or one
 variant's parent. Fold ``i`` of every variant holds the same images (same fold digest), so differences are
-paired fold by fold: paired t-test, Wilcoxon signed-rank, Cohen's dz, 95% CI and a plain sentence.
+paired fold by fold. The test is the corrected resampled t-test (Nadeau & Bengio 2003): the fold models'
+training sets overlap, which makes the plain paired t-test too liberal; it is shown only as a secondary,
+labelled column, with Wilcoxon signed-rank and Cohen's dz. With more than one pair, Holm-adjusted p-values.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fer_ablate import tracking
 from fer_ablate.config.names import path_under
 from fer_ablate.paths import reports_dir
 from fer_ablate.reports.caveats import RunNote, caveats
 from fer_ablate.reports.document import Report
-from fer_ablate.reports.grid_report import EFFECT_COLUMNS
 from fer_ablate.reports.plots import finish_plot, plt, save_figure
-from fer_ablate.reports.stats import PairedEffect, mean_ci, paired_effect
+from fer_ablate.reports.stats import (
+    CorrectedTTest,
+    PairedEffect,
+    adjust_pvalues,
+    corrected_resampled_ttest,
+    mean_ci,
+    p_cell,
+    paired_effect,
+)
 
 KIND, GROUP_KIND = tracking.KFOLD, tracking.KFOLD_GROUP
 ALL_PAIRS_UP_TO = 5  # more variants than this: each against the base only (n^2 pairs stop being readable)
@@ -106,13 +117,45 @@ def unpaired_reason(a: FoldScores, b: FoldScores) -> str | None:
     return None
 
 
-def fold_effect(a: FoldScores, b: FoldScores, metric: str = "val_accuracy") -> PairedEffect | None:
-    """Paired effect of ``a`` against ``b`` over their common folds; None when ``unpaired_reason`` says no."""
+@dataclass
+class FoldEffect:
+    """``a`` against ``b`` over their common folds: the corrected resampled t-test (the test this report
+    uses), the plain paired statistics (secondary), and the fold sizes behind ``n_test / n_train``."""
+
+    corrected: CorrectedTTest
+    plain: PairedEffect
+    sizes_source: str  # "folds.json" (recorded fold sizes) or "assumed 1/(k-1)" (none recorded)
+
+
+def fold_sizes(run_id: str, k: int) -> tuple[dict[int, int], dict[int, int]] | None:
+    """Fold -> images trained on, fold -> images scored on, from the parent's ``folds.json`` (the fold id
+    of every pool image: fold ``i`` scores on its own images and trains on all others); None when absent."""
+    raw = tracking.read_json(run_id, "folds.json")
+    if not raw or "fold_of" not in raw:
+        return None
+    counts = np.bincount(np.asarray(raw["fold_of"], dtype=np.int64), minlength=max(k, 1))
+    total = int(counts.sum())
+    return {f: total - int(c) for f, c in enumerate(counts)}, {f: int(c) for f, c in enumerate(counts)}
+
+
+def fold_effect(a: FoldScores, b: FoldScores, metric: str = "val_accuracy") -> FoldEffect | None:
+    """Effect of ``a`` against ``b`` over their common folds; None when ``unpaired_reason`` says no.
+
+    ``n_test / n_train`` of the corrected test comes from the fold sizes ``a``'s parent recorded (both
+    parents share the fold assignment); without ``folds.json`` it is ``1 / (k - 1)`` (equal folds).
+    """
     if unpaired_reason(a, b):
         return None
     x, y = a.scores.get(metric, {}), b.scores.get(metric, {})
     common = sorted(set(x) & set(y))
-    return paired_effect([x[f] for f in common], [y[f] for f in common])
+    values, reference = [x[f] for f in common], [y[f] for f in common]
+    sizes = fold_sizes(a.run_id, a.k)
+    if sizes and all(f in sizes[1] and sizes[1][f] > 0 and sizes[0][f] > 0 for f in common) and common:
+        n_train, n_test, source = [sizes[0][f] for f in common], [sizes[1][f] for f in common], "folds.json"
+    else:
+        n_train, n_test, source = max(a.k - 1, 1), 1, "assumed 1/(k-1)"
+    return FoldEffect(corrected_resampled_ttest(values, reference, n_train, n_test),
+                      paired_effect(values, reference), source)
 
 
 def fold_notes(v: FoldScores) -> list[RunNote]:
@@ -159,14 +202,47 @@ def _pm(mean: float, std: float) -> str:
     return "—" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def _effect_rows(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None]]) -> list[list[str]]:
+EFFECT_COLUMNS = ["variant", "against", "folds", "difference (points)", "95% CI (corrected)",
+                  "corrected t p (Nadeau-Bengio)", "Holm p", "paired t p (uncorrected)", "Wilcoxon p",
+                  "Cohen's dz", "n_test/n_train"]
+HOLM_COLUMN = EFFECT_COLUMNS.index("Holm p")
+
+
+def effect_columns(count: int) -> list[str]:
+    """The effect table's columns: the Holm-adjusted p column only when the table has more than one pair."""
+    return EFFECT_COLUMNS if count > 1 else EFFECT_COLUMNS[:HOLM_COLUMN] + EFFECT_COLUMNS[HOLM_COLUMN + 1:]
+
+
+def holm_pvalues(effects: list[tuple[FoldScores, FoldScores, FoldEffect | None]]) -> list[float]:
+    """Holm-adjusted corrected-t p-values over the table's pairs (NaN for pairs with no test)."""
+    raw = [math.nan if e is None else e.corrected.pvalue for _, _, e in effects]
+    return list(adjust_pvalues(raw, "holm"))
+
+
+def _effect_rows(effects: list[tuple[FoldScores, FoldScores, FoldEffect | None]], holm: list[float]
+                 ) -> list[list[str]]:
     rows = []
-    for a, b, e in effects:
+    for (a, b, e), adjusted in zip(effects, holm, strict=True):
         if e is None:
-            rows.append([a.label, b.label, "—", f"not paired: {unpaired_reason(a, b)}", "", "", "", ""])
+            rows.append([a.label, b.label, "—", f"not paired: {unpaired_reason(a, b)}",
+                         *[""] * (len(EFFECT_COLUMNS) - 4)])
             continue
-        rows.append([a.label, b.label, str(e.n), *e.cells()])  # degenerate: a note, no p
+        c, plain = e.corrected, e.plain.cells()  # plain: difference, CI, t p, Wilcoxon p, dz
+        ci = c.note or f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]"  # degenerate: a note, no p
+        rows.append([a.label, b.label, str(c.n), plain[0], ci, p_cell(c.pvalue), p_cell(adjusted), *plain[2:],
+                     f"{c.test_train_ratio:.3f} ({e.sizes_source})"])
+    if len(effects) <= 1:
+        rows = [row[:HOLM_COLUMN] + row[HOLM_COLUMN + 1:] for row in rows]
     return rows
+
+
+def _test_paragraph(count: int) -> str:
+    holm = (f" Holm p: the corrected t p-values adjusted over the table's {count} pairs (Holm 1979), also in "
+            "the sentences.") if count > 1 else ""
+    return ("Test: the corrected resampled t-test (Nadeau & Bengio 2003, Machine Learning 52): the fold models' "
+            "training sets overlap, so the fold differences are correlated and the plain paired t-test is too "
+            "liberal; the variance is inflated by 1/k + n_test/n_train, with k - 1 degrees of freedom. The plain "
+            f"paired t p is shown for comparison only.{holm}")
 
 
 def _plot_folds(variants: list[FoldScores], path: Path) -> Path:
@@ -195,21 +271,22 @@ def _plot_folds(variants: list[FoldScores], path: Path) -> Path:
     return finish_plot(fig, ax, path)
 
 
-def _plot_differences(effects: list[tuple[FoldScores, FoldScores, PairedEffect | None]], path: Path) -> Path:
-    """Fold-by-fold differences of each pair with the mean and its 95% CI; zero line = no effect."""
+def _plot_differences(effects: list[tuple[FoldScores, FoldScores, FoldEffect | None]], path: Path) -> Path:
+    """Fold-by-fold differences of each pair with the mean and its corrected 95% CI; zero line = no effect."""
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.5 * len(effects) + 1)))
     for i, (a, b, e) in enumerate(effects):
         if e is None:
             continue
+        c = e.corrected
         x, y = a.scores.get("val_accuracy", {}), b.scores.get("val_accuracy", {})
         diffs = [100 * (x[f] - y[f]) for f in sorted(set(x) & set(y))]
         ax.scatter(diffs, [i] * len(diffs), color="C0", s=14, alpha=0.6)
-        if not math.isnan(e.ci_low):
-            spread = [[100 * (e.mean_diff - e.ci_low)], [100 * (e.ci_high - e.mean_diff)]]
-            ax.errorbar(100 * e.mean_diff, i, xerr=spread, fmt="o", color="C3", capsize=4)
+        if not math.isnan(c.ci_low):
+            spread = [[100 * (c.mean_diff - c.ci_low)], [100 * (c.ci_high - c.mean_diff)]]
+            ax.errorbar(100 * c.mean_diff, i, xerr=spread, fmt="o", color="C3", capsize=4)
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(effects)), [f"{a.label} vs {b.label}" for a, b, _ in effects])
-    ax.set_xlabel("difference in validation accuracy (points): dots = folds, red = mean and 95% CI")
+    ax.set_xlabel("difference in validation accuracy (points): dots = folds, red = mean and corrected 95% CI")
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
@@ -233,9 +310,12 @@ def write_kfold_report(target: str, out_dir: str | Path | None = None, tracking_
         report.bullets(warnings)
     report.table(SUMMARY_COLUMNS, _summary_rows(variants))
     if effects:
+        holm = holm_pvalues(effects)
         report.heading("Differences in validation accuracy (paired by fold)")
-        report.table(EFFECT_COLUMNS, _effect_rows(effects))
-        report.bullets([e.sentence(a.label, b.label, "folds") for a, b, e in effects if e is not None])
+        report.paragraph(_test_paragraph(len(effects)))
+        report.table(effect_columns(len(effects)), _effect_rows(effects, holm))
+        report.bullets([e.corrected.sentence(a.label, b.label, p if len(effects) > 1 else None)
+                        for (a, b, e), p in zip(effects, holm, strict=True) if e is not None])
     report.heading("Figures")
     report.figures(images)
     written = report.write(folder)
