@@ -59,6 +59,7 @@ def train_and_track(
     with tracking.tracked_run(ctx.experiment_id, name, tags, ctx.parent_run_id, resume_run_id) as run:
         run_id = run.info.run_id
         digest = tracking.log_config(cfg, config_hash(cfg))
+        tracking.set_run_tags(run_id, selection_tags(cfg["train"]))  # at the start: a KILLED run says it too
         machine = run_machine_tags(cfg["train"])  # backend, devices, CPU flags, precision
         if cfg["train"]["precision"] != "auto":  # who set it: read once per run (variants file), not per log line
             machine["precision_reason"] = precision_origin(cfg)
@@ -76,7 +77,7 @@ def train_and_track(
             count = tracking.get_run(run_id).data.tags.get("resumes", "1")
             tracking.set_run_tags(run_id, {f"resume.{count}.from_epoch": result.resumed_from})
             log.info("run %s resumed after epoch %d of %d", run_id, result.resumed_from, cfg["train"]["epochs"])
-        _log_result(result, cfg["variant"])
+        _log_result(result, cfg["variant"], dataset.digest)
         tracking.set_run_tags(run_id, {"degenerate": str(result.degenerate).lower(),
                                        "degenerate_reason": result.degenerate_reason})
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()
@@ -149,11 +150,33 @@ def caveats(result: Any, dataset: Dataset) -> list[str]:
     return lines
 
 
-def _log_result(result: Any, variant: str) -> None:
-    """Confusion matrices and figures are made here (tracking records, it neither computes nor plots)."""
+def _log_result(result: Any, variant: str, data_digest: str) -> None:
+    """Confusion matrices and figures are made here (tracking records, it neither computes nor plots); the
+    validation and test predictions go to ``predictions/<split>.npz`` with ``data_digest``."""
     matrices = {split: confusion(y, probs) for split, (y, probs) in result.predictions.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_result(result, matrices, run_figures(matrices, result.history, variant, Path(tmp)))
+        tracking.log_result(result, matrices, run_figures(matrices, result.history, variant, Path(tmp)),
+                            data_digest)
+
+
+def selection_tags(train_cfg: dict[str, Any]) -> dict[str, str]:
+    """Which split chose what in a run, as tags: ``selected_on.checkpoint`` (the restored best epoch),
+    ``.early_stopping``, ``.plateau`` (ReduceLROnPlateau) and ``.schedule``, each ``validation`` or ``none``
+    (not chosen by any split), and ``selected_on``: ``validation`` when any of them is, else ``none``.
+
+    ``training.loop`` gives Keras' ``fit`` only the validation split, and BestWeights and EarlyStopping
+    monitor ``val_accuracy``, ReduceLROnPlateau ``val_loss``; the test split is predicted once, after
+    training, so no value here is ever ``test``. ``none``: ``restore_best: false`` keeps the last epoch,
+    ``early_stopping_patience: 0`` and ``reduce_lr_on_plateau: false`` switch those off, and every
+    ``lr_schedule`` (constant, cosine by step, cosine_time by wall clock) ignores the data.
+    """
+    parts = {
+        "selected_on.checkpoint": "validation" if train_cfg["restore_best"] else "none",
+        "selected_on.early_stopping": "validation" if train_cfg["early_stopping_patience"] > 0 else "none",
+        "selected_on.plateau": "validation" if train_cfg["reduce_lr_on_plateau"] else "none",
+        "selected_on.schedule": "none",
+    }
+    return {"selected_on": "validation" if "validation" in parts.values() else "none", **parts}
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 - ``store``: the tracking URI (checked), the one rule for the MLflow experiment, git commit, Source tags;
 - ``lifecycle``: how runs start and end (FINISHED, FAILED with an error, KILLED), parents and children;
-- ``records``: what a run logs (config, data, epochs, result, figures, model);
-- ``queries``: reading runs back (parents by kind and name, artifacts, models);
+- ``records``: what a run logs (config, data, epochs, result, per-image predictions, figures, model);
+- ``queries``: reading runs back (parents by kind and name, artifacts, predictions, models);
 - ``ui``: where to look: the MLflow UI's addresses of the runs table and of a run, the command that starts it;
 - ``model_registry``: the MLflow model registry (``inference/registered.py`` makes photo models of it).
 
@@ -35,6 +35,7 @@ from fer_ablate.tracking.queries import (  # noqa: F401
     KFOLD,
     KFOLD_GROUP,
     STUDY,
+    Predictions,
     active_run_id,
     find_parent,
     get_run,
@@ -42,6 +43,7 @@ from fer_ablate.tracking.queries import (  # noqa: F401
     parent_run_name,
     project_experiment_ids,
     read_json,
+    read_predictions,
     read_text,
     search_runs,
     tag_filter,
@@ -53,6 +55,7 @@ from fer_ablate.tracking.records import (  # noqa: F401
     log_dataset,
     log_metrics,
     log_parent_summary,
+    log_predictions,
     log_result,
     model_signature,
     set_run_tags,

@@ -10,9 +10,10 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
+import numpy as np
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -125,6 +126,37 @@ def read_json(run_id: str, path: str) -> Any:
         return json.loads(read_text(run_id, path))
     except (TrackingError, ValueError):
         return None
+
+
+class Predictions(NamedTuple):
+    """One split's per-image predictions of a run (``tracking.read_predictions``)."""
+
+    probs: np.ndarray  # float32 [n, 7], as the model predicted them: argmax agrees with the run's metrics
+    labels: np.ndarray  # int64 [n], class ids in data.CLASS_NAMES order
+    row_ids: np.ndarray  # int64 [n], each image's position within the split the run held
+    data_digest: str  # the run's Dataset.digest: compare before joining two runs' predictions
+
+
+def read_predictions(run_id: str, split: str) -> Predictions:
+    """The per-image predictions a run logged for ``split`` (``validation`` or ``test``), without its model.
+
+    Reads ``predictions/<split>.npz`` (written by ``records.log_predictions``; see there what ``row_ids``
+    means). Unpacks as ``probs, labels, row_ids, digest = read_predictions(run_id, "test")``. Raises
+    TrackingError (one line) when the run has no such artifact (a run from before it was logged, a failed run,
+    a split the data lacked) or the file is not a predictions file.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = MlflowClient().download_artifacts(run_id, f"predictions/{split}.npz", tmp)
+        except (OSError, MlflowException) as exc:
+            raise TrackingError(f"run {run_id} has no predictions for split '{split}' "
+                                f"(artifact predictions/{split}.npz): {str(exc).splitlines()[0]}") from None
+        try:
+            with np.load(local, allow_pickle=False) as npz:
+                return Predictions(npz["probs"].astype(np.float32), npz["labels"].astype(np.int64),
+                                   npz["row_ids"].astype(np.int64), str(npz["data_digest"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise TrackingError(f"run {run_id}: predictions/{split}.npz is not a predictions file: {exc}") from None
 
 
 def load_model(uri: str) -> Any:
