@@ -372,8 +372,8 @@ def _train(cfg: dict[str, Any], dataset: Dataset, callbacks: list[keras.callback
     x_train, y_train = dataset.splits["train"]
     x_val, y_val = dataset.splits["validation"]
     if replicas > 1:  # fewer than `replicas` images left out; final metrics use every image
-        keep_val = _whole_batches(len(y_val), replicas)
-        x_val, y_val = x_val[keep_val], y_val[keep_val]
+        keep, keep_val = _whole_batches(len(y_train), replicas), _whole_batches(len(y_val), replicas)
+        (x_train, y_train), (x_val, y_val) = (x_train[keep], y_train[keep]), (x_val[keep_val], y_val[keep_val])
     batches = EpochBatches(x_train, y_train, t["batch_size"], t["seed"], NUM_CLASSES,
                            _class_weights(y_train) if t["class_weights"] else None)
     best = BestWeights(training, restore=t["restore_best"])
