@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special, stats
@@ -149,13 +150,9 @@ class PairedEffect:
     def sentence(self, name: str, reference: str, unit: str = "seeds", adjusted: float | None = None) -> str:
         """Plain-language summary: ``kernel5 vs kernel3: -1.2 points, 95% CI [-2.0, -0.4], p = 0.01 over 5 folds``;
         with ``adjusted`` (the table's Holm-adjusted p) ``..., p = 0.01, Holm-adjusted p = 0.03 over 5 folds``."""
-        if self.n < MIN_N:
-            pairs = "pair" if self.n == 1 else "pairs"
-            diff = "no difference measured" if math.isnan(self.mean_diff) else f"{100 * self.mean_diff:+.1f} points"
-            return f"{name} vs {reference}: {diff} from {self.n} {pairs} ({self.note})"
-        if self.degenerate:
-            return (f"{name} vs {reference}: {100 * self.mean_diff:+.1f} points over {self.n} {unit}, {self.note}: "
-                    "no test possible")
+        untested = _untested_sentence(self, name, reference, unit)
+        if untested:
+            return untested
         return (f"{name} vs {reference}: {100 * self.mean_diff:+.1f} points, 95% CI [{100 * self.ci_low:+.1f}, "
                 f"{100 * self.ci_high:+.1f}], paired t-test p = {self.t_pvalue:.3g}{adjusted_clause(adjusted)} over "
                 f"{self.n} {unit}")
@@ -226,16 +223,25 @@ class CorrectedTTest:
     def sentence(self, name: str, reference: str, adjusted: float | None = None) -> str:
         """``kernel5 vs paper: +1.2 points, 95% CI [+0.1, +2.3], corrected resampled t-test p = 0.04,
         Holm-adjusted p = 0.08 over 5 folds``; ``adjusted`` (the table's Holm p) is said when given."""
-        if self.n < MIN_N:
-            pairs = "pair" if self.n == 1 else "pairs"
-            diff = "no difference measured" if math.isnan(self.mean_diff) else f"{100 * self.mean_diff:+.1f} points"
-            return f"{name} vs {reference}: {diff} from {self.n} {pairs} ({self.note})"
-        if self.degenerate:
-            return (f"{name} vs {reference}: {100 * self.mean_diff:+.1f} points over {self.n} folds, {self.note}: "
-                    "no test possible")
+        untested = _untested_sentence(self, name, reference, "folds")
+        if untested:
+            return untested
         return (f"{name} vs {reference}: {100 * self.mean_diff:+.1f} points, 95% CI [{100 * self.ci_low:+.1f}, "
                 f"{100 * self.ci_high:+.1f}], corrected resampled t-test p = {self.pvalue:.3g}"
                 f"{adjusted_clause(adjusted)} over {self.n} folds")
+
+
+def _untested_sentence(effect: Any, name: str, reference: str, unit: str) -> str | None:
+    """The sentence of an effect with too few pairs or no spread to test (``effect.n``, ``mean_diff``, ``note``,
+    ``degenerate``); None when it was tested."""
+    if effect.n < MIN_N:
+        pairs = "pair" if effect.n == 1 else "pairs"
+        diff = "no difference measured" if math.isnan(effect.mean_diff) else f"{100 * effect.mean_diff:+.1f} points"
+        return f"{name} vs {reference}: {diff} from {effect.n} {pairs} ({effect.note})"
+    if effect.degenerate:
+        return (f"{name} vs {reference}: {100 * effect.mean_diff:+.1f} points over {effect.n} {unit}, {effect.note}: "
+                "no test possible")
+    return None
 
 
 def adjusted_clause(adjusted: float | None) -> str:
