@@ -96,7 +96,7 @@ def _run_child(spec: RunSpec, key: str, ctx: tracking.RunContext, name: str) -> 
 
 
 def _children_with_key(ctx: tracking.RunContext, name: str, key: str) -> list:
-    return [c for c in tracking.child_runs(ctx.experiment_id, KIND, name) if c.data.tags.get("child_key") == key]
+    return tracking.child_runs(ctx.experiment_id, KIND, name, {"child_key": key})
 
 
 def pending_runs(keyed: list[tuple[str, RunSpec]], ctx: tracking.RunContext, name: str, own_stale: bool

@@ -53,9 +53,10 @@ def train_and_track(
     """
     ctx = ctx or tracking.open_context(experiment, tracking_uri)
     name = run_name or default_run_name(cfg)
+    resumed = None
     if resume_run_id:  # checked before the run is touched: a refusal leaves it as it was
         dataset = dataset or load_dataset(cfg["data"])
-        _check_resumable(resume_run_id, cfg, dataset)
+        resumed = _check_resumable(resume_run_id, cfg, dataset)
     with tracking.tracked_run(ctx.experiment_id, name, tags, ctx.parent_run_id, resume_run_id) as run:
         run_id = run.info.run_id
         digest = tracking.log_config(cfg, config_hash(cfg))
@@ -69,14 +70,12 @@ def train_and_track(
         dataset = dataset or load_dataset(cfg["data"])
         tracking.log_dataset(dataset)
         path = checkpoints.checkpoint_path(run_id)
-        if resume_run_id and path.exists():
-            _log_missing_epochs(run_id, checkpoints.read_state(path))
+        if resumed:
+            _log_missing_epochs(run_id, resumed)
+            tracking.set_run_tags(run_id, {f"resume.{run.data.tags['resumes']}.from_epoch": resumed.epoch})
+            log.info("run %s resumes after epoch %d of %d", run_id, resumed.epoch, cfg["train"]["epochs"])
         result = train(cfg, dataset, callbacks=[EpochLogger(tracking.log_metrics), *(extra_callbacks or [])],
                        checkpoint=path)
-        if resume_run_id:
-            count = tracking.get_run(run_id).data.tags.get("resumes", "1")
-            tracking.set_run_tags(run_id, {f"resume.{count}.from_epoch": result.resumed_from})
-            log.info("run %s resumed after epoch %d of %d", run_id, result.resumed_from, cfg["train"]["epochs"])
         _log_result(result, cfg["variant"], dataset.digest)
         tracking.set_run_tags(run_id, {"degenerate": str(result.degenerate).lower(),
                                        "degenerate_reason": result.degenerate_reason})
@@ -118,7 +117,8 @@ def resumable(runs: list[Any]) -> str | None:
     return max(candidates, key=lambda r: r.info.start_time).info.run_id if candidates else None
 
 
-def _check_resumable(run_id: str, cfg: dict[str, Any], dataset: Dataset) -> None:
+def _check_resumable(run_id: str, cfg: dict[str, Any], dataset: Dataset) -> checkpoints.TrainingState:
+    """The checkpoint's record of run ``run_id``, once it is known to fit ``cfg`` and ``dataset``; ConfigError."""
     path = checkpoints.checkpoint_path(run_id)
     if not path.exists():
         raise ConfigError(f"run {run_id}: no checkpoint at {path} to resume from (a run resumes on the machine "
@@ -126,7 +126,9 @@ def _check_resumable(run_id: str, cfg: dict[str, Any], dataset: Dataset) -> None
     state = tracking.get_run(run_id)
     if state.info.status not in ("KILLED", "FAILED"):
         raise ConfigError(f"run {run_id} is {state.info.status}: only a KILLED or FAILED run can be resumed")
-    checkpoints.check_fingerprint(checkpoints.read_state(path), checkpoints.fingerprint(cfg, dataset.digest), path)
+    state = checkpoints.read_state(path)
+    checkpoints.check_fingerprint(state, checkpoints.fingerprint(cfg, dataset.digest), path)
+    return state
 
 
 def _log_missing_epochs(run_id: str, state: checkpoints.TrainingState) -> None:

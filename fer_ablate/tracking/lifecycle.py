@@ -329,10 +329,11 @@ def open_parent(experiment_id: str, kind: str, name: str, tags: dict[str, str] |
     return run_id
 
 
-def child_runs(experiment_id: str, kind: str, name: str) -> list[Any]:
-    """Every child run of every parent of ``kind``/``name`` in the experiment, newest first."""
+def child_runs(experiment_id: str, kind: str, name: str, tags: dict[str, str] | None = None) -> list[Any]:
+    """Every child run of every parent of ``kind``/``name`` in the experiment, newest first; ``tags`` narrow
+    the search in the store (e.g. one run key: one child's attempts, not the whole grid's runs)."""
     return MlflowClient().search_runs(
-        [experiment_id], tag_filter({"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name}),
+        [experiment_id], tag_filter({"fer_ablate_kind": f"{kind}-child", "fer_ablate_name": name, **(tags or {})}),
         order_by=["attributes.start_time DESC"], max_results=50000)
 
 

@@ -34,6 +34,7 @@ class EpochBatches(keras.utils.PyDataset):
         self.batch_size = min(batch_size, len(y))
         self.weights = (np.array([class_weights.get(c, 1.0) for c in range(classes)], np.float32)
                         if class_weights else np.ones(classes, np.float32))
+        self.one_hot = np.eye(classes, dtype=np.float32)
         self.order = np.arange(len(y))
         self.set_epoch(0)
 
@@ -47,7 +48,7 @@ class EpochBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])  # sorted: faster gather
         labels = self.y[rows]
-        return (self.x[rows].astype(np.float32)[..., None], np.eye(self.classes, dtype=np.float32)[labels],
+        return (self.x[rows].astype(np.float32)[..., None], self.one_hot[labels],
                 self.weights[labels])
 
     @property

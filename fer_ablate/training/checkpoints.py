@@ -15,7 +15,6 @@ ends FINISHED. Its cost per epoch is measured by ``benchmarks/checkpoint_cost.py
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -148,11 +147,9 @@ def save(path: Path, state: TrainingState, model: keras.Model, best_weights: lis
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as out:
-            buffer = io.BytesIO()  # one write call: the file is complete or absent when fsync returns
-            np.savez(buffer, **arrays)
-            out.write(buffer.getbuffer())
+            np.savez(out, **arrays)
             out.flush()
-            os.fsync(out.fileno())
+            os.fsync(out.fileno())  # on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
